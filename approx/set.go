@@ -1,0 +1,44 @@
+package approx
+
+// Set is every approximation one model needs, with ranges calibrated for that
+// model (measure them with the plaintext backend, then add margin). InvSqrt
+// and GELU are nil for models without LayerNorm or GELU.
+type Set struct {
+	Exp     Exp        `json:"exp"`
+	Recip   Reciprocal `json:"recip"`
+	InvSqrt *InvSqrt   `json:"inv_sqrt,omitempty"`
+	GELU    *GELU      `json:"gelu,omitempty"`
+}
+
+// Softmax is the HE-friendly softmax over scores (no max-subtraction):
+// e_j = Exp(s_j), S = Σ_j e_j, out_j = e_j · Recip(S). The CKKS path computes
+// the same three steps on ciphertexts.
+func (s *Set) Softmax(dst, scores []float64) {
+	var sum float64
+	for j, v := range scores {
+		dst[j] = s.Exp.Eval(v)
+		sum += dst[j]
+	}
+	r := s.Recip.Eval(sum)
+	for j := range scores {
+		dst[j] *= r
+	}
+}
+
+// LayerNorm is the HE-friendly LayerNorm: out = (x − μ)·InvSqrt(σ² + eps)·g + b.
+func (s *Set) LayerNorm(dst, x, g, b []float64, eps float64) {
+	var mu float64
+	for _, v := range x {
+		mu += v
+	}
+	mu /= float64(len(x))
+	var v2 float64
+	for _, v := range x {
+		v2 += (v - mu) * (v - mu)
+	}
+	v2 /= float64(len(x))
+	r := s.InvSqrt.Eval(v2 + eps)
+	for i, v := range x {
+		dst[i] = (v-mu)*r*g[i] + b[i]
+	}
+}
