@@ -219,3 +219,52 @@ func (w *Weights) CheckShapes() error {
 	}
 	return nil
 }
+
+// FFNScale returns the block's FFN scaling (α, β) of x' = β·x̂ + (1/α)·FFN(x̂):
+// the learned values for FFNScaling models, (1, 1) otherwise.
+func (b *Block) FFNScale(cfg Config) (alpha, beta float64) {
+	if !cfg.FFNScaling {
+		return 1, 1
+	}
+	return b.Alpha, b.Beta
+}
+
+// FFNMatrix folds a fused FFN and its residual into one affine map,
+// x' = x̂·M + c with M = β·I + W_F/α and c = b_F/α (nil without biases), so
+// that the whole FFN is one matrix product. It applies to fused FFNs of
+// models without LayerNorm; α = β = 1 without FFNScaling.
+func (b *Block) FFNMatrix(cfg Config) (*mat.Dense, []float64) {
+	alpha, beta := b.FFNScale(cfg)
+	r, c := b.Fused.Dims()
+	m := mat.NewDense(r, c, nil)
+	m.Scale(1/alpha, b.Fused)
+	for i := 0; i < r && i < c; i++ {
+		m.Set(i, i, m.At(i, i)+beta)
+	}
+	var bias []float64
+	if b.FusedBias != nil {
+		bias = make([]float64, len(b.FusedBias))
+		for i, v := range b.FusedBias {
+			bias[i] = v / alpha
+		}
+	}
+	return m, bias
+}
+
+// ScoreScale returns the factors [heads, rows] that multiply the attention
+// scores q_i·k_j of rows at positions pos0..pos0+rows−1: 1/(t_{h,pos}·√d_k),
+// with t = Temp[h][pos] for Temperature models and t = 1 otherwise.
+func (b *Block) ScoreScale(cfg Config, pos0, rows int) *mat.Dense {
+	s := mat.NewDense(cfg.Heads, rows, nil)
+	inv := 1 / math.Sqrt(float64(cfg.HeadDim()))
+	for h := 0; h < cfg.Heads; h++ {
+		for i := 0; i < rows; i++ {
+			t := 1.0
+			if cfg.Temperature {
+				t = b.Temp.At(h, pos0+i)
+			}
+			s.Set(h, i, inv/t)
+		}
+	}
+	return s
+}
