@@ -41,14 +41,26 @@ func FitChebyshev(f func(float64) float64, lo, hi float64, degree int) Chebyshev
 // Degree returns the polynomial degree.
 func (c Chebyshev) Degree() int { return len(c.Coeffs) - 1 }
 
-// Depth is the number of CKKS levels that evaluating the polynomial costs:
-// ⌈log2(degree+1)⌉ for the power basis tree plus one for the affine change of
-// variable into [−1, 1].
+// Depth is the number of CKKS levels that evaluating the polynomial costs in
+// package he (Lattigo's Paterson–Stockmeyer evaluator, measured): ⌈log2(degree+1)⌉
+// (= bits.Len(degree)) for the power-basis tree, plus one for the affine change
+// of variable u = a·x + b into [−1, 1] unless a = 2/(Hi−Lo) is an integer (an
+// integer constant multiplies a ciphertext without rescaling).
 func (c Chebyshev) Depth() int {
 	if c.Degree() < 1 {
 		return 0
 	}
-	return bits.Len(uint(c.Degree())) + 1
+	return bits.Len(uint(c.Degree())) + c.ChangeOfBasisDepth()
+}
+
+// ChangeOfBasisDepth is the number of levels the map u = a·x + b costs: 0 when
+// a = 2/(Hi−Lo) is an integer, else 1.
+func (c Chebyshev) ChangeOfBasisDepth() int {
+	a := 2 / (c.Hi - c.Lo)
+	if a == math.Trunc(a) {
+		return 0
+	}
+	return 1
 }
 
 // In reports whether x lies inside the approximation range.

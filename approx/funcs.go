@@ -59,7 +59,9 @@ func (r Reciprocal) MaxError() (abs, rel float64) {
 }
 
 // InvSqrt approximates 1/√x over [Lo, Hi] (0 < Lo < Hi): a Chebyshev initial
-// guess then Iters Newton steps y ← y·(3 − x·y²)/2, three levels each.
+// guess then Iters Newton steps y ← y·(3 − x·y²)/2, evaluated as
+// y ← 1.5·y − (h·y)·y² with h = x/2, which costs two levels per step (h·y
+// and y² in parallel, then their product; 1.5·y is folded into the rescale).
 // Lattigo has no such helper; LayerNorm (baseline model only) needs it.
 type InvSqrt struct {
 	Init  Chebyshev `json:"init"`
@@ -77,13 +79,15 @@ func NewInvSqrt(lo, hi float64, initDegree, iters int) InvSqrt {
 // Eval runs exactly the steps the CKKS evaluator runs.
 func (s InvSqrt) Eval(x float64) float64 {
 	y := s.Init.Eval(x)
+	h := 0.5 * x
 	for i := 0; i < s.Iters; i++ {
-		y = 0.5 * y * (3 - x*y*y)
+		y = 1.5*y - (h*y)*(y*y)
 	}
 	return y
 }
 
-func (s InvSqrt) Depth() int              { return s.Init.Depth() + 3*s.Iters }
+// Depth is the initial guess's depth plus two levels per Newton step.
+func (s InvSqrt) Depth() int              { return s.Init.Depth() + 2*s.Iters }
 func (s InvSqrt) Range() (lo, hi float64) { return s.Init.Lo, s.Init.Hi }
 
 func (s InvSqrt) MaxError() (abs, rel float64) {
@@ -110,3 +114,10 @@ func (g GELU) Range() (lo, hi float64) { return g.Poly.Lo, g.Poly.Hi }
 func (g GELU) MaxError() (abs, rel float64) {
 	return Error(g.Eval, GELUExact, g.Poly.Lo, g.Poly.Hi, 1)
 }
+
+// In reports whether x lies in the approximation range (outside it the
+// polynomial, and hence the Newton iteration it seeds, diverges).
+func (e Exp) In(x float64) bool        { return e.Poly.In(x) }
+func (r Reciprocal) In(x float64) bool { return r.Init.In(x) }
+func (s InvSqrt) In(x float64) bool    { return s.Init.In(x) }
+func (g GELU) In(x float64) bool       { return g.Poly.In(x) }
