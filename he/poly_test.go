@@ -89,11 +89,17 @@ func polyCases() []polyCase {
 		{"gelu[-8,8]/31", -8, 8, gelu.Depth(), gelu.Eval, approx.GELUExact, abs(gelu.MaxError()),
 			func(pe *PolyEvaluator, ct *rlwe.Ciphertext) (*rlwe.Ciphertext, error) { return pe.EvalGELU(ct, gelu) }},
 		{"recip[1,512]/31+2", 1, 512, recip.Depth(), recip.Eval, func(x float64) float64 { return 1 / x }, abs(recip.MaxError()),
-			func(pe *PolyEvaluator, ct *rlwe.Ciphertext) (*rlwe.Ciphertext, error) { return pe.EvalReciprocal(ct, recip) }},
+			func(pe *PolyEvaluator, ct *rlwe.Ciphertext) (*rlwe.Ciphertext, error) {
+				return pe.EvalReciprocal(ct, recip)
+			}},
 		{"invsqrt[0.01,100]/63+2", 0.01, 100, isqrt.Depth(), isqrt.Eval, func(x float64) float64 { return 1 / math.Sqrt(x) }, abs(isqrt.MaxError()),
-			func(pe *PolyEvaluator, ct *rlwe.Ciphertext) (*rlwe.Ciphertext, error) { return pe.EvalInvSqrt(ct, isqrt) }},
+			func(pe *PolyEvaluator, ct *rlwe.Ciphertext) (*rlwe.Ciphertext, error) {
+				return pe.EvalInvSqrt(ct, isqrt)
+			}},
 		{"invsqrt[0.5,8]/15+3", 0.5, 8, isqrtN.Depth(), isqrtN.Eval, func(x float64) float64 { return 1 / math.Sqrt(x) }, abs(isqrtN.MaxError()),
-			func(pe *PolyEvaluator, ct *rlwe.Ciphertext) (*rlwe.Ciphertext, error) { return pe.EvalInvSqrt(ct, isqrtN) }},
+			func(pe *PolyEvaluator, ct *rlwe.Ciphertext) (*rlwe.Ciphertext, error) {
+				return pe.EvalInvSqrt(ct, isqrtN)
+			}},
 	}
 }
 
