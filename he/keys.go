@@ -6,12 +6,14 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"io"
 	"maps"
 	"slices"
 	"sort"
 
 	"github.com/tuneinsight/lattigo/v6/core/rlwe"
 	"github.com/tuneinsight/lattigo/v6/schemes/ckks"
+	"github.com/tuneinsight/lattigo/v6/utils/buffer"
 )
 
 // ClientKeys is the client's key material: the secret key (which never
@@ -315,14 +317,34 @@ func UnmarshalEvaluationKeys(params ckks.Parameters, data []byte, maxBytes int) 
 			ek, err = nil, fmt.Errorf("evaluation keys: malformed encoding: %v", r)
 		}
 	}()
-	if err := set.UnmarshalBinary(data[len(keySetMagic)+32:]); err != nil {
-		return nil, fmt.Errorf("evaluation keys: malformed encoding: %w", err)
+	body := data[len(keySetMagic)+32:]
+	sr := &safeReader{Buffer: buffer.NewBuffer(body)}
+	n, err := set.ReadFrom(sr)
+	if err != nil {
+		return nil, fmt.Errorf("evaluation keys: malformed or truncated encoding: %w", err)
+	}
+	if int(n) != len(body) {
+		return nil, fmt.Errorf("evaluation keys: %d trailing bytes after the key set", len(body)-int(n))
 	}
 	ek = &EvaluationKeys{Set: set}
 	if err := ek.Validate(params); err != nil {
 		return nil, err
 	}
 	return ek, nil
+}
+
+// safeReader guards Lattigo's decoder against truncated input: v6.2's
+// buffer.ReadUint64Slice recurses forever (fatal stack overflow, not a
+// recoverable panic) when the input ends in the middle of a slice, because
+// it then peeks 0 bytes without error. Peeking at an exhausted buffer is an
+// error here.
+type safeReader struct{ *buffer.Buffer }
+
+func (r *safeReader) Peek(n int) ([]byte, error) {
+	if r.Buffer.Size() == 0 {
+		return nil, io.ErrUnexpectedEOF
+	}
+	return r.Buffer.Peek(n)
 }
 
 // Validate checks every key against params: ring degree, levels (full P,
