@@ -186,7 +186,9 @@ var (
 )
 
 // Presets lists the named presets in a stable order.
-func Presets() []Preset { return []Preset{InsecureTest, InsecureN13, N14, N15} }
+func Presets() []Preset {
+	return []Preset{InsecureTest, InsecureN13, N14, N15, InsecureBootTest, N16Boot}
+}
 
 // PresetByName finds a preset by name.
 func PresetByName(name string) (Preset, error) {
@@ -206,3 +208,29 @@ func (p Preset) String() string {
 	b, _ := json.Marshal(p)
 	return string(b)
 }
+
+// Bootstrapping presets: the residual (user-visible) parameters of a
+// bootstrappable set; BootstrapParameters in bootstrap.go adds Lattigo's
+// bootstrapping moduli and checks the security of the whole set.
+var (
+	// N16Boot is the residual part of Lattigo's N16QP1546H192H32: N=2^16,
+	// 9 levels of 40 bits after bootstrapping, sparse secret h=192. With
+	// the bootstrapping moduli log2(QP) = 1546 ≤ 1772 (the ternary-table
+	// bound); the HE-standard tables do not cover sparse secrets, so the
+	// 128-bit claim for h=192 is Lattigo's (Bossuat et al., eprint
+	// 2022/024), not ours.
+	N16Boot = Preset{
+		Name: "n16-boot-128", LogN: 16,
+		LogQ: []int{60, 40, 40, 40, 40, 40, 40, 40, 40, 40},
+		LogP: []int{61, 61, 61, 61, 61}, LogDefaultScale: 40, Secret: SecretSparse,
+		SecurityBits: 128, Note: "bootstrapping (Lattigo N16QP1546H192H32): 32768 slots, 9 levels; ~22 s and ~17 GB per bootstrap",
+	}
+	// InsecureBootTest is a small bootstrappable set for unit tests
+	// (N=2^12, as in Lattigo's own short tests): no security.
+	InsecureBootTest = Preset{
+		Name: "insecure-boot-test", LogN: 12,
+		LogQ: []int{60, 40, 40, 40},
+		LogP: []int{61, 61}, LogDefaultScale: 40, Secret: SecretSparse,
+		SecurityBits: 0, Note: "bootstrapping unit tests only: N=2^12, no security",
+	}
+)

@@ -1,0 +1,140 @@
+package he
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+
+	"github.com/tuneinsight/lattigo/v6/circuits/ckks/bootstrapping"
+	"github.com/tuneinsight/lattigo/v6/core/rlwe"
+	"github.com/tuneinsight/lattigo/v6/ring"
+	"github.com/tuneinsight/lattigo/v6/schemes/ckks"
+	"github.com/tuneinsight/lattigo/v6/utils"
+)
+
+// BootstrapParameters builds Lattigo's bootstrapping parameters for a
+// bootstrapping preset (N16Boot, InsecureBootTest): the residual parameters
+// are the preset's, the bootstrapping moduli (CoeffsToSlots, EvalMod,
+// SlotsToCoeffs, encapsulation with an h=32 ephemeral secret) are Lattigo's
+// defaults. It checks the security of the whole set: log2(QP) of the
+// bootstrapping parameters against the ternary HE-standard bound (the claim
+// for the sparse h=192 secret itself is Lattigo's; see N16Boot).
+//
+// For ring degrees below 2^16 (test presets) the message ratio is raised by
+// 16 − logN bits, as Lattigo's own short tests do, to keep the precision.
+func BootstrapParameters(p Preset, allowInsecure bool) (bootstrapping.Parameters, error) {
+	if p.Secret != SecretSparse {
+		return bootstrapping.Parameters{}, fmt.Errorf("preset %q: bootstrapping needs the sparse secret %q (Lattigo's bootstrapping defaults assume h=192)", p.Name, SecretSparse)
+	}
+	residual, err := p.Parameters(allowInsecure)
+	if err != nil {
+		return bootstrapping.Parameters{}, err
+	}
+	lit := bootstrapping.ParametersLiteral{LogN: utils.Pointy(p.LogN)}
+	if p.LogN < 16 {
+		lit.LogMessageRatio = utils.Pointy(bootstrapping.DefaultLogMessageRatio + 16 - p.LogN)
+	}
+	btp, err := bootstrapping.NewParametersFromLiteral(residual, lit)
+	if err != nil {
+		return bootstrapping.Parameters{}, fmt.Errorf("preset %q: bootstrapping parameters: %w", p.Name, err)
+	}
+	if !p.Insecure() {
+		logQP := btp.BootstrappingParameters.LogQP()
+		if bound := MaxLogQPForSecurity(p.LogN, p.SecurityBits); bound == 0 || logQP > float64(bound) {
+			return bootstrapping.Parameters{}, fmt.Errorf("preset %q: bootstrapping log2(QP)=%.0f exceeds the %d-bit bound %d for N=2^%d",
+				p.Name, logQP, p.SecurityBits, bound, p.LogN)
+		}
+		if h, ok := btp.BootstrappingParameters.Xs().(ring.Ternary); !ok || h.H != 192 {
+			return bootstrapping.Parameters{}, fmt.Errorf("preset %q: unexpected bootstrapping secret distribution %v", p.Name, btp.BootstrappingParameters.Xs())
+		}
+	}
+	return btp, nil
+}
+
+// GenBootstrappingKeys is the client's part: from the secret key of the
+// residual parameters it generates the bootstrapping evaluation keys (at
+// N=2^16 about 7.5 GiB, uploaded once per session). The secret key must have
+// been generated for btp.ResidualParameters.
+func GenBootstrappingKeys(btp bootstrapping.Parameters, sk *rlwe.SecretKey) (*bootstrapping.EvaluationKeys, error) {
+	keys, _, err := btp.GenEvaluationKeys(sk)
+	if err != nil {
+		return nil, fmt.Errorf("he: bootstrapping keys: %w", err)
+	}
+	return keys, nil
+}
+
+// Bootstrapper is the non-interactive Refresher: Lattigo's CKKS
+// bootstrapping (ScaleDown, ModUp, CoeffsToSlots, EvalMod, SlotsToCoeffs).
+// The output is at the residual parameters' maximum level (N16Boot: 9) and
+// default scale, or dropped to the requested lower level. Slot maps are not
+// supported (they would cost a linear transform; use the masked refresher).
+// Calls are serialized (Lattigo's evaluator is not safe for concurrent use;
+// one bootstrap already needs ~17 GB at N=2^16).
+type Bootstrapper struct {
+	params ckks.Parameters
+	btp    *bootstrapping.Evaluator
+	mu     sync.Mutex
+}
+
+// NewBootstrapper builds the server side from the client's bootstrapping keys.
+func NewBootstrapper(btp bootstrapping.Parameters, keys *bootstrapping.EvaluationKeys) (*Bootstrapper, error) {
+	if keys == nil {
+		return nil, errors.New("he: bootstrapper: nil keys")
+	}
+	ev, err := bootstrapping.NewEvaluator(btp, keys)
+	if err != nil {
+		return nil, fmt.Errorf("he: bootstrapper: %w", err)
+	}
+	return &Bootstrapper{params: btp.ResidualParameters, btp: ev}, nil
+}
+
+// OutputLevel is the level of a bootstrapped ciphertext.
+func (b *Bootstrapper) OutputLevel() int { return b.btp.OutputLevel() }
+
+// Refresh bootstraps each ciphertext (any level ≥ 0; at level 0 the scale
+// must be the default scale, a power of two for the presets here).
+func (b *Bootstrapper) Refresh(ctx context.Context, cts []*rlwe.Ciphertext, opts RefreshOptions) ([]*rlwe.Ciphertext, error) {
+	level, scale, err := resolveTarget(b.params, opts)
+	if err != nil {
+		return nil, err
+	}
+	for _, m := range opts.Maps {
+		if m != nil {
+			return nil, errors.New("he: bootstrapping refresh does not apply slot maps (it would cost a linear transform): use the masked refresher or a matvec")
+		}
+	}
+	if level > b.btp.OutputLevel() {
+		return nil, fmt.Errorf("he: bootstrapping outputs level %d, %d requested", b.btp.OutputLevel(), level)
+	}
+	if !scale.Equal(b.params.DefaultScale()) {
+		return nil, errors.New("he: bootstrapping outputs the default scale only")
+	}
+	out := make([]*rlwe.Ciphertext, len(cts))
+	for i, ct := range cts {
+		switch {
+		case ct == nil:
+			return nil, fmt.Errorf("he: bootstrap: ciphertext %d is nil", i)
+		case ct.Degree() != 1:
+			return nil, fmt.Errorf("he: bootstrap: ciphertext %d has degree %d, relinearize it first", i, ct.Degree())
+		case ct.Value[0].N() != b.params.N():
+			return nil, fmt.Errorf("he: bootstrap: ciphertext %d has ring degree %d, parameters have %d", i, ct.Value[0].N(), b.params.N())
+		case ct.Level() < b.btp.MinimumInputLevel()-1:
+			return nil, fmt.Errorf("he: bootstrap: ciphertext %d below the minimum input level", i)
+		}
+		if err := ctx.Err(); err != nil {
+			return nil, err
+		}
+		b.mu.Lock()
+		r, err := b.btp.Bootstrap(ct)
+		b.mu.Unlock()
+		if err != nil {
+			return nil, fmt.Errorf("he: bootstrap ciphertext %d: %w", i, err)
+		}
+		if r.Level() > level {
+			r.Resize(1, level)
+		}
+		out[i] = r
+	}
+	return out, nil
+}

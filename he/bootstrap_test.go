@@ -1,0 +1,116 @@
+package he
+
+import (
+	"context"
+	"math"
+	"math/rand/v2"
+	"os"
+	"runtime"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+	"github.com/tuneinsight/lattigo/v6/core/rlwe"
+	"github.com/tuneinsight/lattigo/v6/schemes/ckks"
+)
+
+// bootRoundTrip generates keys for a bootstrapping preset, bootstraps a
+// ciphertext at level 0 and checks values, level and scale.
+func bootRoundTrip(t *testing.T, p Preset, allowInsecure bool, maxErr float64) {
+	t0 := time.Now()
+	btp, err := BootstrapParameters(p, allowInsecure)
+	require.NoError(t, err)
+	params := btp.ResidualParameters
+	sk := rlwe.NewKeyGenerator(params).GenSecretKeyNew()
+	keys, err := GenBootstrappingKeys(btp, sk)
+	require.NoError(t, err)
+	b, err := NewBootstrapper(btp, keys)
+	require.NoError(t, err)
+	tKeys := time.Since(t0)
+
+	ecd := ckks.NewEncoder(params)
+	enc := rlwe.NewEncryptor(params, sk)
+	dec := rlwe.NewDecryptor(params, sk)
+	v := uniformIn(params.MaxSlots(), -1, 1, rand.New(rand.NewPCG(11, 12)))
+	pt := ckks.NewPlaintext(params, 0)
+	require.NoError(t, ecd.Encode(v, pt))
+	ct, err := enc.EncryptNew(pt)
+	require.NoError(t, err)
+	require.Equal(t, 0, ct.Level())
+
+	t1 := time.Now()
+	out, err := b.Refresh(context.Background(), []*rlwe.Ciphertext{ct}, RefreshOptions{Level: -1})
+	require.NoError(t, err)
+	tBoot := time.Since(t1)
+	require.Equal(t, params.MaxLevel(), out[0].Level())
+	require.True(t, out[0].Scale.Equal(params.DefaultScale()))
+	got := make([]float64, params.MaxSlots())
+	require.NoError(t, ecd.Decode(dec.DecryptNew(out[0]), got))
+	e := maxAbsDiff(got, v)
+
+	var ms runtime.MemStats
+	runtime.ReadMemStats(&ms)
+	t.Logf("%s: N=2^%d, bootstrapping log2(QP)=%.0f, %d slots: keys %.1fs (%.2f GiB serialized), bootstrap %.2fs, output level %d, max error 2^%.1f, Go heap sys %.2f GiB, peak RSS %s",
+		p.Name, params.LogN(), btp.BootstrappingParameters.LogQP(), params.MaxSlots(), tKeys.Seconds(), float64(keys.BinarySize())/(1<<30),
+		tBoot.Seconds(), out[0].Level(), math.Log2(e), float64(ms.Sys)/(1<<30), peakRSS())
+	require.Less(t, e, maxErr)
+
+	// Requested lower level, slot maps refused, too-high level refused.
+	out, err = b.Refresh(context.Background(), []*rlwe.Ciphertext{ct}, RefreshOptions{Level: 1})
+	require.NoError(t, err)
+	require.Equal(t, 1, out[0].Level())
+	_, err = b.Refresh(context.Background(), []*rlwe.Ciphertext{ct}, RefreshOptions{Maps: []*SlotMap{ReplicateMap(params.MaxSlots(), 4, 0)}})
+	require.ErrorContains(t, err, "slot maps")
+}
+
+func peakRSS() string {
+	b, err := os.ReadFile("/proc/self/status")
+	if err != nil {
+		return "?"
+	}
+	for _, line := range splitLines(string(b)) {
+		if len(line) > 6 && line[:6] == "VmHWM:" {
+			return line[6:]
+		}
+	}
+	return "?"
+}
+
+func splitLines(s string) []string {
+	var out []string
+	start := 0
+	for i := range s {
+		if s[i] == '\n' {
+			out = append(out, s[start:i])
+			start = i + 1
+		}
+	}
+	return out
+}
+
+// TestBootstrapInsecure (insecure-boot-test, N=2^12): the bootstrapping
+// refresher in the default run.
+func TestBootstrapInsecure(t *testing.T) {
+	bootRoundTrip(t, InsecureBootTest, true, 0x1p-15)
+}
+
+// TestBootstrapN16 is the 128-bit N=2^16 bootstrapping (Lattigo
+// N16QP1546H192H32): ~17 GB of memory and tens of seconds, so it only runs
+// with ENTROPI_TEST_BOOTSTRAP=1.
+func TestBootstrapN16(t *testing.T) {
+	if os.Getenv("ENTROPI_TEST_BOOTSTRAP") != "1" {
+		t.Skip("N=2^16 bootstrapping needs ~17 GB of memory and minutes: set ENTROPI_TEST_BOOTSTRAP=1 to run it")
+	}
+	bootRoundTrip(t, N16Boot, false, 0x1p-15)
+}
+
+func TestBootstrapParametersChecks(t *testing.T) {
+	_, err := BootstrapParameters(InsecureBootTest, false)
+	require.ErrorIs(t, err, ErrInsecure)
+	_, err = BootstrapParameters(N14, false)
+	require.ErrorContains(t, err, "sparse secret")
+	btp, err := BootstrapParameters(N16Boot, false)
+	require.NoError(t, err)
+	require.LessOrEqual(t, btp.BootstrappingParameters.LogQP(), float64(MaxLogQPForSecurity(16, 128)))
+	t.Logf("n16-boot-128: bootstrapping log2(QP) = %.1f (bound 1772), residual levels %d", btp.BootstrappingParameters.LogQP(), btp.ResidualParameters.MaxLevel())
+}
