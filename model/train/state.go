@@ -168,3 +168,21 @@ func ResumeTrainer(path string, train, heldOut []int32, workers int) (*Trainer, 
 	}
 	return t, nil
 }
+
+// ReadStateInfo returns the Config, step and Meta of a saved state without
+// building a trainer (to find which corpus and vocabulary it needs).
+func ReadStateInfo(path string) (cfg Config, step int, meta map[string]string, err error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return cfg, 0, nil, fmt.Errorf("train: %w", err)
+	}
+	defer f.Close()
+	var s savedState
+	if err := gob.NewDecoder(f).Decode(&s); err != nil {
+		return cfg, 0, nil, fmt.Errorf("train: reading state %s: %w", path, err)
+	}
+	if s.Format != stateFormat {
+		return cfg, 0, nil, fmt.Errorf("train: %s has format %q, want %q", path, s.Format, stateFormat)
+	}
+	return s.Config, s.Step, s.Meta, nil
+}
