@@ -360,3 +360,25 @@ func spectral(V []float64, in, out int, u []float64) (sigma float64, uh, v []flo
 	sigma = normalize(uh)
 	return sigma, uh, v, zn
 }
+
+// Buffer is non-trainable state that a checkpoint must keep for a bit-exact
+// resume: the spectral-normalization power-iteration vectors. Data aliases
+// the live state (copy into it to restore).
+type Buffer struct {
+	Name string
+	Data []float64
+}
+
+// Buffers lists the non-trainable state in a stable order (empty without
+// Opts.SpectralNorm).
+func (p *Params) Buffers() []Buffer {
+	var out []Buffer
+	for l, b := range p.blocks {
+		for k, lin := range b.lin {
+			if lin != nil && lin.u != nil {
+				out = append(out, Buffer{Name: fmt.Sprintf("h.%d.%s.weight_u", l, linNames[k]), Data: lin.u})
+			}
+		}
+	}
+	return out
+}
