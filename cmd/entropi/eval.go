@@ -1,0 +1,251 @@
+package main
+
+import (
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"sort"
+	"strings"
+	"time"
+
+	"github.com/entropi-ai/entropi/model"
+	"github.com/entropi-ai/entropi/model/train"
+)
+
+func init() {
+	commands["eval"] = command{"held-out perplexity, exact and with the HE approximations (range violations)", runEval}
+}
+
+func runEval(args []string) error { return evalMain(args, os.Stdout, os.Stderr) }
+
+// goHeldOut names the held-out split of the Go standard-library corpus
+// (model/train/corpus.go) as a --data source.
+const goHeldOut = "go-heldout"
+
+const dataHelp = "token source: a text file, a directory (its files with --ext, sorted by path, each followed by end-of-text when the tokenizer has one), or '" +
+	goHeldOut + "' (the held-out split of the Go standard-library training corpus)"
+
+func evalMain(args []string, stdout, stderr io.Writer) error {
+	fl := flag.NewFlagSet("eval", flag.ContinueOnError)
+	fl.SetOutput(stderr)
+	fl.Usage = func() {
+		fmt.Fprintf(fl.Output(), `usage: entropi eval --model FILE --data FILE_OR_DIR [flags]
+
+Measures held-out perplexity of a checkpoint over sliding windows of its
+context length, exactly (float64 reference) and with the HE polynomial
+approximations of the checkpoint (or, when it has none or with --calibrate,
+ones calibrated on the first --calib-tokens tokens of the data, which are then
+not evaluated), and counts inputs outside the approximations' ranges.
+
+flags:
+`)
+		fl.PrintDefaults()
+	}
+	modelPath := fl.String("model", "", "checkpoint (safetensors)")
+	data := fl.String("data", "", dataHelp)
+	ext := fl.String("ext", ".go", "file suffix selected in a --data directory ('' : every file)")
+	nTokens := fl.Int("tokens", 16384, "tokens evaluated (0: all)")
+	stride := fl.Int("stride", 0, "window stride (default: context−1, every token predicted once)")
+	calibrate := fl.Bool("calibrate", false, "calibrate the approximations even if the checkpoint has some")
+	calibTokens := fl.Int("calib-tokens", 4096, "tokens used for calibration (taken before the evaluated ones)")
+	save := fl.String("save", "", "write the checkpoint with the calibrated approximations to this file")
+	if err := fl.Parse(args); err != nil {
+		return err
+	}
+	if fl.NArg() > 0 || *modelPath == "" || *data == "" {
+		fl.Usage()
+		return errors.New("need --model and --data, and no other arguments")
+	}
+	ck, err := loadCheckpoint(*modelPath)
+	if err != nil {
+		return err
+	}
+	w := ck.Weights
+	cfg := w.Config
+	tokens, err := readTokens(ck.Tokenizer, *data, *ext)
+	if err != nil {
+		return err
+	}
+	fmt.Fprintf(stdout, "model %s: %s\ndata %s: %d tokens\n", *modelPath, describeConfig(cfg), *data, len(tokens))
+
+	set := ck.Approx
+	if set == nil || *calibrate {
+		n := min(*calibTokens, len(tokens)/2)
+		seqs := windowsOf(tokens[:n], cfg.Context)
+		if len(seqs) == 0 {
+			return fmt.Errorf("not enough tokens to calibrate (%d)", n)
+		}
+		cal, err := model.Calibrate(w, seqs, model.CalibrateOptions{})
+		if err != nil {
+			return err
+		}
+		fmt.Fprintf(stdout, "calibrated on %d tokens (%d windows), which are not evaluated:\n%v", n, len(seqs), cal)
+		set, tokens = cal.Set, tokens[n:]
+		if *save != "" {
+			ck.Approx = set
+			if err := model.Save(*save, ck); err != nil {
+				return err
+			}
+			fmt.Fprintf(stdout, "wrote %s with the calibrated approximations\n", *save)
+		}
+	} else {
+		fmt.Fprintln(stdout, "approximations: from the checkpoint")
+	}
+	if *nTokens > 0 && len(tokens) > *nTokens {
+		tokens = tokens[:*nTokens]
+	}
+	bar := newProgressBar(stderr, "eval", len(tokens)-1, "tokens")
+	ev, err := model.EvalApprox(w, set, tokens, model.PerplexityOptions{Stride: *stride, Progress: bar.set})
+	bar.finish()
+	if err != nil {
+		return err
+	}
+	fmt.Fprintf(stdout, "evaluated %d predictions over windows of %d tokens\n%v", ev.Exact.Tokens, cfg.Context, ev)
+	return nil
+}
+
+// loadCheckpoint loads a checkpoint that can run on text: it needs a
+// tokenizer.
+func loadCheckpoint(path string) (*model.Checkpoint, error) {
+	ck, err := model.Load(path)
+	if err != nil {
+		return nil, err
+	}
+	if ck.Tokenizer == nil {
+		return nil, fmt.Errorf("%s has no tokenizer", path)
+	}
+	return ck, nil
+}
+
+func describeConfig(c model.Config) string {
+	return fmt.Sprintf("%s, vocab %d, context %d, d %d, %d layers, %d heads, layernorm %v, activation %s, fused FFN %v, FFN scaling %v, temperature %v, final %s",
+		c.Name, c.Vocab, c.Context, c.Dim, c.Layers, c.Heads, c.LayerNorm, c.Activation, c.FusedFFN, c.FFNScaling, c.Temperature, c.FinalNorm)
+}
+
+// readTokens tokenizes a --data source.
+func readTokens(tok *model.Tokenizer, src, ext string) ([]int, error) {
+	if src == goHeldOut {
+		root, err := train.GoRoot()
+		if err != nil {
+			return nil, err
+		}
+		c, err := train.LoadGoCorpus(root, train.DefaultHeldOutBasisPoints)
+		if err != nil {
+			return nil, err
+		}
+		ids, err := c.EncodeFiles(tok, true, 0)
+		if err != nil {
+			return nil, err
+		}
+		out := make([]int, len(ids))
+		for i, id := range ids {
+			out[i] = int(id)
+		}
+		return out, nil
+	}
+	st, err := os.Stat(src)
+	if err != nil {
+		return nil, err
+	}
+	if !st.IsDir() {
+		b, err := os.ReadFile(src)
+		if err != nil {
+			return nil, err
+		}
+		return tok.Encode(b), nil
+	}
+	var paths []string
+	err = filepath.WalkDir(src, func(p string, d fs.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		if d.Type().IsRegular() && strings.HasSuffix(p, ext) {
+			paths = append(paths, p)
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	sort.Strings(paths)
+	var out []int
+	for _, p := range paths {
+		b, err := os.ReadFile(p)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, tok.Encode(b)...)
+		if eot := tok.EndOfText(); eot >= 0 {
+			out = append(out, eot)
+		}
+	}
+	if len(out) == 0 {
+		return nil, fmt.Errorf("no %q files under %s", ext, src)
+	}
+	return out, nil
+}
+
+// windowsOf cuts tokens into consecutive windows of the context length.
+func windowsOf(tokens []int, n int) [][]int {
+	var out [][]int
+	for i := 0; i+n <= len(tokens); i += n {
+		out = append(out, tokens[i:i+n])
+	}
+	return out
+}
+
+// progressBar is a one-line progress display on stderr, redrawn in place on
+// a terminal and silent otherwise (the final line is always printed).
+type progressBar struct {
+	w          io.Writer
+	tty        bool
+	label      string
+	unit       string
+	total      int
+	done       int
+	start, drw time.Time
+}
+
+func newProgressBar(w io.Writer, label string, total int, unit string) *progressBar {
+	tty := false
+	if f, ok := w.(*os.File); ok {
+		if st, err := f.Stat(); err == nil && st.Mode()&os.ModeCharDevice != 0 {
+			tty = true
+		}
+	}
+	return &progressBar{w: w, tty: tty, label: label, unit: unit, total: max(total, 1), start: time.Now()}
+}
+
+func (p *progressBar) set(done, total int) {
+	p.done, p.total = done, max(total, 1)
+	if p.tty && time.Since(p.drw) > 100*time.Millisecond {
+		p.drw = time.Now()
+		fmt.Fprintf(p.w, "\r%s", p.line())
+	}
+}
+
+func (p *progressBar) line() string {
+	const width = 30
+	f := float64(p.done) / float64(p.total)
+	n := int(f * width)
+	el := time.Since(p.start).Seconds()
+	rate := float64(p.done) / max(el, 1e-9)
+	eta := ""
+	if p.done > 0 && p.done < p.total {
+		eta = fmt.Sprintf(", %s left", (time.Duration(float64(p.total-p.done)/rate) * time.Second).Round(time.Second))
+	}
+	return fmt.Sprintf("%s %3.0f%% [%s%s] %d/%d %s (%.0f %s/s%s)", p.label, 100*f,
+		strings.Repeat("=", n), strings.Repeat(" ", width-n), p.done, p.total, p.unit, rate, p.unit, eta)
+}
+
+func (p *progressBar) finish() {
+	if p.tty {
+		fmt.Fprintf(p.w, "\r%s\n", p.line())
+		return
+	}
+	fmt.Fprintln(p.w, p.line())
+}
