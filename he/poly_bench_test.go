@@ -32,8 +32,12 @@ func benchPolys() []benchPoly {
 	return []benchPoly{
 		{"exp[-16,4]/31", -16, 4, exp.Depth(), func(pe *PolyEvaluator, c *rlwe.Ciphertext) (*rlwe.Ciphertext, error) { return pe.EvalExp(c, exp) }},
 		{"gelu[-8,8]/63", -8, 8, gelu.Depth(), func(pe *PolyEvaluator, c *rlwe.Ciphertext) (*rlwe.Ciphertext, error) { return pe.EvalGELU(c, gelu) }},
-		{"recip[1,512]/63+2", 1, 512, rec.Depth(), func(pe *PolyEvaluator, c *rlwe.Ciphertext) (*rlwe.Ciphertext, error) { return pe.EvalReciprocal(c, rec) }},
-		{"recip[1,64]/15+1", 1, 64, rec7.Depth(), func(pe *PolyEvaluator, c *rlwe.Ciphertext) (*rlwe.Ciphertext, error) { return pe.EvalReciprocal(c, rec7) }},
+		{"recip[1,512]/63+2", 1, 512, rec.Depth(), func(pe *PolyEvaluator, c *rlwe.Ciphertext) (*rlwe.Ciphertext, error) {
+			return pe.EvalReciprocal(c, rec)
+		}},
+		{"recip[1,64]/15+1", 1, 64, rec7.Depth(), func(pe *PolyEvaluator, c *rlwe.Ciphertext) (*rlwe.Ciphertext, error) {
+			return pe.EvalReciprocal(c, rec7)
+		}},
 		{"invsqrt[0.01,100]/63+4", 0.01, 100, isq.Depth(), func(pe *PolyEvaluator, c *rlwe.Ciphertext) (*rlwe.Ciphertext, error) { return pe.EvalInvSqrt(c, isq) }},
 		{"invsqrt[0.5,8]/15+1", 0.5, 8, isq7.Depth(), func(pe *PolyEvaluator, c *rlwe.Ciphertext) (*rlwe.Ciphertext, error) { return pe.EvalInvSqrt(c, isq7) }},
 	}
