@@ -84,7 +84,7 @@ func BenchmarkMaskedRefresh(b *testing.B) {
 				down, up = req.BinarySize(), r.BinarySize()
 				return r, err
 			}
-			mr, err := NewMaskedRefresher(k.params, tr, DefaultMaskOptions())
+			mr, err := NewMaskedRefresher(k.params, k.pk(), tr, DefaultMaskOptions())
 			if err != nil {
 				b.Fatal(err)
 			}

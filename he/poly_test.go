@@ -21,6 +21,7 @@ type rfKit struct {
 	enc    *rlwe.Encryptor
 	dec    *rlwe.Decryptor
 	eval   *ckks.Evaluator
+	pubKey *rlwe.PublicKey
 }
 
 func newRFKit(t testing.TB, p Preset) *rfKit {

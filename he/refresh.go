@@ -216,7 +216,8 @@ func DefaultMaskOptions() MaskOptions {
 }
 
 // MaskedRefresher is the server side of the client-aided refresh. It holds
-// only public material (the parameters) and the transport.
+// only public material (the parameters, the client's public key) and the
+// transport.
 //
 // Protocol, per ciphertext ct = (c0, c1) at scale S with c0 + c1·s = m + e
 // (mod Q_ℓ), m the encoded slot values, e the computation noise:
@@ -224,10 +225,16 @@ func DefaultMaskOptions() MaskOptions {
 //  1. B = √2·V·S + 2^LogNoiseBound + 1 bounds ‖m + e‖∞: a coefficient of
 //     the inverse canonical embedding is an average of N values of modulus
 //     at most √2·V.
-//  2. The server samples r with independent coefficients uniform in
-//     [−R, R], R = 2^(λ+logN)·B (crypto/rand), drops ct to the lowest
-//     level ℓm whose modulus satisfies Q_ℓm ≥ 4·(R + B), and sends
-//     (c0 + r, c1). Dropping levels is free and shrinks the message.
+//  2. The server re-randomizes ct with a fresh encryption of zero under the
+//     client's public key: c1 of a server computation is a deterministic
+//     function of the client's input ciphertexts and the weights (a
+//     plaintext product gives c1 = w·c1_in, from which the client could
+//     divide out w); after re-randomization c1 is pseudo-random under RLWE.
+//     Its noise (≈ 2^5) becomes part of e. The server drops ct to the
+//     lowest level ℓm whose modulus satisfies Q_ℓm ≥ 4·(R + B) (free, and
+//     it shrinks the message), samples r with independent coefficients
+//     uniform in [−R, R], R = 2^(λ+logN)·B (crypto/rand), and sends
+//     (c0 + r, c1).
 //  3. The client decrypts the exact integers c = m + e + r (no wrap-around,
 //     since |c| ≤ R + B < Q_ℓm/4), optionally decodes them, applies the
 //     slot map and re-encodes at the requested scale in big-float precision,
@@ -260,16 +267,23 @@ func DefaultMaskOptions() MaskOptions {
 // values only, so map(decode(c)) − map(decode(r)) = map(decode(m + e)); the
 // two roundings add at most ±1 per coefficient.
 //
-// A MaskedRefresher is safe for concurrent use.
+// A MaskedRefresher is safe for concurrent use. Its public material is the
+// parameters and the client's public key.
 type MaskedRefresher struct {
 	params    ckks.Parameters
 	transport RefreshTransport
 	opts      MaskOptions
 	encoders  *encoderCache
+	pkEnc     *rlwe.Encryptor
+	pkMu      sync.Mutex
 }
 
-// NewMaskedRefresher checks the options and builds the server side.
-func NewMaskedRefresher(params ckks.Parameters, transport RefreshTransport, opts MaskOptions) (*MaskedRefresher, error) {
+// NewMaskedRefresher checks the options and builds the server side. pk is
+// the client's public key (used to re-randomize c1, see MaskedRefresher).
+func NewMaskedRefresher(params ckks.Parameters, pk *rlwe.PublicKey, transport RefreshTransport, opts MaskOptions) (*MaskedRefresher, error) {
+	if pk == nil {
+		return nil, errors.New("he: masked refresher needs the client's public key (to re-randomize c1 before it is sent)")
+	}
 	if transport == nil {
 		return nil, errors.New("he: masked refresher: nil transport")
 	}
@@ -282,7 +296,8 @@ func NewMaskedRefresher(params ckks.Parameters, transport RefreshTransport, opts
 	if opts.LogNoiseBound < 0 || opts.LogNoiseBound > 60 {
 		return nil, fmt.Errorf("he: masked refresher: log noise bound %g out of [0, 60]", opts.LogNoiseBound)
 	}
-	return &MaskedRefresher{params: params, transport: transport, opts: opts, encoders: newEncoderCache(params)}, nil
+	return &MaskedRefresher{params: params, transport: transport, opts: opts, encoders: newEncoderCache(params),
+		pkEnc: rlwe.NewEncryptor(params, pk)}, nil
 }
 
 // maskPlan is the masking arithmetic for one ciphertext.
@@ -361,11 +376,23 @@ func (mr *MaskedRefresher) mask(ct *rlwe.Ciphertext) (*rlwe.Ciphertext, maskPlan
 	}
 	out := ct.CopyNew()
 	out.Resize(1, p.Level)
+	// Re-randomize: add a fresh public-key encryption of zero, so that c1 is
+	// no longer a function of the computation (weights).
+	zero := rlwe.NewCiphertext(mr.params, 1, p.Level)
+	zero.MetaData = out.MetaData.CopyNew()
+	mr.pkMu.Lock()
+	err = mr.pkEnc.EncryptZero(zero)
+	mr.pkMu.Unlock()
+	if err != nil {
+		return nil, p, nil, fmt.Errorf("he: masked refresh: re-randomization: %w", err)
+	}
+	rq := mr.params.RingQ().AtLevel(p.Level)
+	rq.Add(out.Value[0], zero.Value[0], out.Value[0])
+	rq.Add(out.Value[1], zero.Value[1], out.Value[1])
 	r, err := sampleUniformCentered(mr.params.N(), p.R)
 	if err != nil {
 		return nil, p, nil, err
 	}
-	rq := mr.params.RingQ().AtLevel(p.Level)
 	rp := rq.NewPoly()
 	rq.SetCoefficientsBigint(r, rp)
 	rq.NTT(rp, rp)

@@ -49,7 +49,8 @@ func TestEndToEndN14(t *testing.T) {
 	ev, err := NewEvaluator(params, keys, nil)
 	require.NoError(t, err)
 	pe := NewPolyEvaluator(params, ev.Eval)
-	mr, err := NewMaskedRefresher(params, NewRefreshResponder(params, ck.SecretKey).Transport(),
+	pk := rlwe.NewKeyGenerator(params).GenPublicKeyNew(ck.SecretKey)
+	mr, err := NewMaskedRefresher(params, pk, NewRefreshResponder(params, ck.SecretKey).Transport(),
 		MaskOptions{Lambda: 40, ValueBound: 4, LogNoiseBound: 20})
 	require.NoError(t, err)
 	tSetup := time.Since(t0)

@@ -25,7 +25,7 @@ func newMasked(t testing.TB, k *rfKit, tr RefreshTransport) *MaskedRefresher {
 	if tr == nil {
 		tr = NewRefreshResponder(k.params, k.sk).Transport()
 	}
-	mr, err := NewMaskedRefresher(k.params, tr, DefaultMaskOptions())
+	mr, err := NewMaskedRefresher(k.params, k.pk(), tr, DefaultMaskOptions())
 	require.NoError(t, err)
 	return mr
 }
@@ -107,6 +107,9 @@ func TestMaskedRefreshMaskBound(t *testing.T) {
 		require.True(t, qAt(p.Level-1).Cmp(need) < 0, "masking level is not the lowest that fits")
 	}
 	require.Equal(t, p.Level, masked.Level())
+	dropped := ct.CopyNew()
+	dropped.Resize(1, p.Level)
+	require.False(t, masked.Value[1].Equal(&dropped.Value[1]), "c1 must be re-randomized")
 
 	// What the client decrypts: c = m + e + r exactly; a = c − r within B.
 	pt := k.dec.DecryptNew(masked)
@@ -134,6 +137,14 @@ func TestMaskedRefreshMaskBound(t *testing.T) {
 		logN, opts.Lambda, opts.ValueBound, math.Log2(bf(p.B)), math.Log2(ma), ma/(ct.Scale.Float64()*opts.ValueBound), p.R.BitLen(), p.Level, p.LogQ, math.Log2(sdf))
 }
 
+// pk returns the client's public key (generated once per kit).
+func (k *rfKit) pk() *rlwe.PublicKey {
+	if k.pubKey == nil {
+		k.pubKey = rlwe.NewKeyGenerator(k.params).GenPublicKeyNew(k.sk)
+	}
+	return k.pubKey
+}
+
 func bf(x *big.Int) float64 { f, _ := new(big.Float).SetInt(x).Float64(); return f }
 
 func TestMaskedRefreshTooLowLevel(t *testing.T) {
@@ -147,10 +158,12 @@ func TestMaskedRefreshTooLowLevel(t *testing.T) {
 	require.Error(t, err)
 	require.ErrorContains(t, err, "needs the ciphertext at level ≥")
 	// The bound options are checked.
-	_, err = NewMaskedRefresher(k.params, mr.transport, MaskOptions{Lambda: 30, ValueBound: 1, LogNoiseBound: 20})
+	_, err = NewMaskedRefresher(k.params, k.pk(), mr.transport, MaskOptions{Lambda: 30, ValueBound: 1, LogNoiseBound: 20})
 	require.ErrorContains(t, err, "below the minimum 40")
+	_, err = NewMaskedRefresher(k.params, nil, mr.transport, DefaultMaskOptions())
+	require.ErrorContains(t, err, "public key")
 	// A value bound too large for any level is an error that says so.
-	huge, err := NewMaskedRefresher(k.params, mr.transport, MaskOptions{Lambda: 40, ValueBound: 1e300, LogNoiseBound: 20})
+	huge, err := NewMaskedRefresher(k.params, k.pk(), mr.transport, MaskOptions{Lambda: 40, ValueBound: 1e300, LogNoiseBound: 20})
 	require.NoError(t, err)
 	_, err = huge.MaskLevel(rlwe.Scale{})
 	require.ErrorContains(t, err, "no level of these parameters holds the mask")
