@@ -53,12 +53,22 @@ type Backend[V any] interface {
 //
 // and every ablation between them (see Config).
 func Forward[V any](w *Weights, b Backend[V], tokens []int, pos0 int) (V, error) {
-	var zero V
-	cfg := w.Config
-	if err := checkTokens(cfg, tokens, pos0); err != nil {
+	if err := checkTokens(w.Config, tokens, pos0); err != nil {
+		var zero V
 		return zero, err
 	}
-	x := b.Embed(tokens, pos0, w.Wte, w.Wpe)
+	return ForwardEmbedded(w, b, b.Embed(tokens, pos0, w.Wte, w.Wpe), len(tokens), pos0)
+}
+
+// ForwardEmbedded is Forward from already embedded rows x (wte[token] +
+// wpe[pos]) at positions pos0..pos0+rows−1: the entry point of a server that
+// embeds an encrypted one-hot vector itself and never sees the tokens.
+func ForwardEmbedded[V any](w *Weights, b Backend[V], x V, rows, pos0 int) (V, error) {
+	var zero V
+	cfg := w.Config
+	if rows < 1 || pos0 < 0 || pos0+rows > cfg.Context {
+		return zero, fmt.Errorf("model: positions %d..%d exceed the context window of %d tokens", pos0, pos0+rows-1, cfg.Context)
+	}
 	for l := range w.Blocks {
 		blk := &w.Blocks[l]
 		p := fmt.Sprintf("h.%d.", l)
@@ -69,7 +79,7 @@ func Forward[V any](w *Weights, b Backend[V], tokens []int, pos0 int) (V, error)
 			h = b.LayerNorm(p+"ln_1", x, blk.LN1G, blk.LN1B, cfg.LNEps)
 		}
 		qkv := b.Linear(p+"attn.c_attn", h, blk.Attn, blk.AttnBias)
-		a := b.Attention(l, qkv, pos0, blk.ScoreScale(cfg, pos0, len(tokens)))
+		a := b.Attention(l, qkv, pos0, blk.ScoreScale(cfg, pos0, rows))
 		x = b.Add(x, b.Linear(p+"attn.c_proj", a, blk.Proj, blk.ProjBias))
 
 		// FFN and its residual: x' = β·x + (1/α)·FFN(h).

@@ -212,3 +212,24 @@ func TestFFNMatrixFoldsResidual(t *testing.T) {
 		t.Fatalf("without FFN scaling the diagonal gains %g, want 1", d)
 	}
 }
+
+func TestForwardEmbeddedMatchesForward(t *testing.T) {
+	w := testModels(t)["baseline"]
+	tokens := []int{4, 8, 12, 1, 0}
+	b := NewReference(w.Config)
+	want, err := Forward(w, b, tokens, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b.Reset()
+	got, err := ForwardEmbedded(w, b, b.Embed(tokens, 0, w.Wte, w.Wpe), len(tokens), 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !mat.Equal(got, want) {
+		t.Fatal("ForwardEmbedded differs from Forward")
+	}
+	if _, err := ForwardEmbedded(w, b, b.Embed(tokens, 0, w.Wte, w.Wpe), w.Config.Context+1, 0); err == nil {
+		t.Fatal("rows past the context accepted")
+	}
+}

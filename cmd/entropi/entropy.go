@@ -51,7 +51,7 @@ flags:
 		return err
 	}
 	w := ck.Weights
-	tokens, err := readTokens(ck.Tokenizer, *data, *ext)
+	tokens, err := readTokens(ck.Tokenizer, *data, *ext, *nTokens)
 	if err != nil {
 		return err
 	}

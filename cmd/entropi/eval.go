@@ -66,7 +66,11 @@ flags:
 	}
 	w := ck.Weights
 	cfg := w.Config
-	tokens, err := readTokens(ck.Tokenizer, *data, *ext)
+	need := 0
+	if *nTokens > 0 {
+		need = *nTokens + *calibTokens
+	}
+	tokens, err := readTokens(ck.Tokenizer, *data, *ext, need)
 	if err != nil {
 		return err
 	}
@@ -126,8 +130,10 @@ func describeConfig(c model.Config) string {
 		c.Name, c.Vocab, c.Context, c.Dim, c.Layers, c.Heads, c.LayerNorm, c.Activation, c.FusedFFN, c.FFNScaling, c.Temperature, c.FinalNorm)
 }
 
-// readTokens tokenizes a --data source.
-func readTokens(tok *model.Tokenizer, src, ext string) ([]int, error) {
+// readTokens tokenizes a --data source. need > 0 lets the Go corpus stop
+// early: it encodes a prefix of the held-out text large enough for need
+// tokens.
+func readTokens(tok *model.Tokenizer, src, ext string, need int) ([]int, error) {
 	if src == goHeldOut {
 		root, err := train.GoRoot()
 		if err != nil {
@@ -136,6 +142,16 @@ func readTokens(tok *model.Tokenizer, src, ext string) ([]int, error) {
 		c, err := train.LoadGoCorpus(root, train.DefaultHeldOutBasisPoints)
 		if err != nil {
 			return nil, err
+		}
+		if need > 0 {
+			for n := 4 * need; ; n *= 2 {
+				if n >= len(c.HeldOut) {
+					break
+				}
+				if ids := tok.Encode(c.HeldOut[:n]); len(ids) > need {
+					return ids[:need], nil
+				}
+			}
 		}
 		ids, err := c.EncodeFiles(tok, true, 0)
 		if err != nil {
