@@ -3,6 +3,7 @@ package he
 import (
 	"context"
 	"math"
+	"math/big"
 	"math/rand/v2"
 	"testing"
 	"time"
@@ -10,6 +11,7 @@ import (
 	"github.com/entropi-ai/entropi/approx"
 	"github.com/stretchr/testify/require"
 	"github.com/tuneinsight/lattigo/v6/core/rlwe"
+	"github.com/tuneinsight/lattigo/v6/schemes/ckks"
 )
 
 // TestEndToEndN14 is the one 128-bit test of the default run (n14-128,
@@ -104,6 +106,25 @@ func TestEndToEndN14(t *testing.T) {
 	for i := range lay {
 		maxErr = math.Max(maxErr, math.Abs(got[i]-lay[i]))
 	}
-	t.Logf("n14-128 end to end: setup %.1fs, circuit %.2fs, mask level %d, max error 2^%.1f", tSetup.Seconds(), tRun.Seconds(), ml, math.Log2(maxErr))
+	// The decryption error in coefficient units (what flooding must cover).
+	ptz := ck.Decryptor.DecryptNew(z)
+	refz := ckks.NewPlaintext(params, z.Level())
+	refz.Scale = z.Scale
+	require.NoError(t, ck.Encoder.Encode(lay, refz))
+	rq := params.RingQ().AtLevel(z.Level())
+	rq.Sub(ptz.Value, refz.Value, ptz.Value)
+	rq.INTT(ptz.Value, ptz.Value)
+	coeffs := make([]*big.Int, params.N())
+	for i := range coeffs {
+		coeffs[i] = new(big.Int)
+	}
+	rq.PolyToBigintCentered(ptz.Value, 1, coeffs)
+	var maxCoeff float64
+	for _, c := range coeffs {
+		f, _ := new(big.Float).SetInt(c).Float64()
+		maxCoeff = math.Max(maxCoeff, math.Abs(f))
+	}
+	t.Logf("n14-128 end to end: setup %.1fs, circuit %.2fs, mask level %d, max slot error 2^%.1f, decryption error ‖e‖∞ = 2^%.1f coefficient units",
+		tSetup.Seconds(), tRun.Seconds(), ml, math.Log2(maxErr), math.Log2(maxCoeff))
 	require.Less(t, maxErr, 0x1p-15)
 }
