@@ -174,3 +174,22 @@ func TestPolyFreeChangeOfBasis(t *testing.T) {
 		}
 	}
 }
+
+// Lattigo's real level consumption equals approx's Depth() for every degree,
+// not only 2^k − 1.
+func TestPolyDepthAcrossDegrees(t *testing.T) {
+	k := newRFKit(t, InsecureTest)
+	pe := NewPolyEvaluator(k.params, k.eval)
+	x := uniformIn(k.params.MaxSlots(), -2, 3, rand.New(rand.NewPCG(17, 18)))
+	ct := k.encrypt(t, x, k.params.MaxLevel())
+	for _, deg := range []int{1, 2, 3, 7, 8, 20, 32, 64, 100} {
+		p := approx.FitChebyshev(math.Sin, -2, 3, deg)
+		out, err := pe.EvalChebyshev(ct, p, rlwe.Scale{})
+		require.NoError(t, err)
+		require.Equal(t, p.Depth(), ct.Level()-out.Level(), "degree %d", deg)
+		got := k.decrypt(t, out)
+		for i, v := range x {
+			require.InDelta(t, p.Eval(v), got[i], 0x1p-15, "degree %d", deg)
+		}
+	}
+}
