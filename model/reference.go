@@ -38,7 +38,8 @@ func NewReference(cfg Config) *Plain {
 	return &Plain{cfg: cfg, keys: make([][]float64, cfg.Layers), vals: make([][]float64, cfg.Layers)}
 }
 
-// Reset empties the key/value caches and clears a pending error.
+// Reset empties the key/value caches and clears a pending error; Ranges
+// keep accumulating across sequences.
 func (p *Plain) Reset() {
 	for l := range p.keys {
 		p.keys[l], p.vals[l] = p.keys[l][:0], p.vals[l][:0]
