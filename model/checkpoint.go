@@ -221,6 +221,9 @@ func checkpointFromTensors(ts map[string]Tensor, meta map[string]string) (*Check
 	}
 	var cfg Config
 	if err := strictJSON([]byte(cs), &cfg); err != nil {
+		if strings.Contains(err.Error(), "unknown field") {
+			return nil, fmt.Errorf("checkpoint: config: %w (written by a newer entropi? upgrade)", err)
+		}
 		return nil, fmt.Errorf("checkpoint: config: %w", err)
 	}
 	if err := cfg.Validate(); err != nil {
@@ -267,6 +270,30 @@ func strictJSON(b []byte, v any) error {
 		return errors.New("extra data after the JSON value")
 	}
 	return nil
+}
+
+// Tensors returns the weights as named tensors with the checkpoint names
+// (copies; the entropy thresholds only when present).
+func (w *Weights) Tensors() map[string]Tensor {
+	if len(w.Blocks) != w.Config.Layers {
+		return nil
+	}
+	out := map[string]Tensor{}
+	for _, b := range bindTensors(w) {
+		if !b.isNil() {
+			out[b.name] = b.get()
+		}
+	}
+	return out
+}
+
+// WeightsFromTensors builds weights for cfg from tensors named as in
+// checkpoints, with the same checks as Load.
+func WeightsFromTensors(cfg Config, ts map[string]Tensor) (*Weights, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	return weightsFromTensors(cfg, ts)
 }
 
 // weightsFromTensors builds weights for cfg from named tensors: every tensor

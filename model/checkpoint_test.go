@@ -11,6 +11,8 @@ import (
 	"strings"
 	"testing"
 
+	"gonum.org/v1/gonum/mat"
+
 	"github.com/entropi-ai/entropi/approx"
 )
 
@@ -58,15 +60,7 @@ func ckptSample(t testing.TB, cfg Config, seed uint64) *Checkpoint {
 }
 
 // ckptTensors lists the weights as named tensors.
-func ckptTensors(w *Weights) map[string]Tensor {
-	out := map[string]Tensor{}
-	for _, b := range bindTensors(w) {
-		if !(b.optional && b.isNil()) {
-			out[b.name] = b.get()
-		}
-	}
-	return out
-}
+func ckptTensors(w *Weights) map[string]Tensor { return w.Tensors() }
 
 func ckptBytes(t testing.TB, ck *Checkpoint, dtype Dtype) []byte {
 	t.Helper()
@@ -360,6 +354,10 @@ func TestLoadGPT2(t *testing.T) {
 	}
 	if _, err := ReadGPT2(bytes.NewReader(file), 0); err == nil || !strings.Contains(err.Error(), "pass heads") {
 		t.Errorf("no heads: %v", err)
+	}
+	// The exported tensor view loads back through WeightsFromTensors.
+	if w2, err := WeightsFromTensors(cfg, w.Tensors()); err != nil || !mat.Equal(w2.Blocks[2].Out, w.Blocks[2].Out) {
+		t.Errorf("WeightsFromTensors(Tensors()): %v", err)
 	}
 	if _, err := ReadGPT2(bytes.NewReader(file), 3); err == nil || !strings.Contains(err.Error(), "not a multiple of heads") {
 		t.Errorf("heads not dividing dim: %v", err)

@@ -315,25 +315,41 @@ func (t *Tokenizer) Token(id int) []byte {
 }
 
 // Encode tokenizes b. Decode(Encode(b)) == b for every byte string.
+// Chunks already seen are looked up in a bounded cache shared by all calls
+// (one read lock per call; new chunks are added in one batch at the end).
 func (t *Tokenizer) Encode(b []byte) []int {
 	out := make([]int, 0, len(b)/2+1)
+	var fresh map[string][]int32
+	t.mu.RLock()
 	forEachChunk(b, func(c []byte) {
-		t.mu.RLock()
 		ids, ok := t.cache[string(c)]
-		t.mu.RUnlock()
 		if !ok {
-			ids = t.bpe(c)
-			t.mu.Lock()
-			if len(t.cache) >= cacheLimit {
-				clear(t.cache)
+			if ids, ok = fresh[string(c)]; !ok {
+				ids = t.bpe(c)
+				if fresh == nil {
+					fresh = map[string][]int32{}
+				}
+				fresh[string(c)] = ids
 			}
-			t.cache[string(c)] = ids
-			t.mu.Unlock()
 		}
 		for _, id := range ids {
 			out = append(out, int(id))
 		}
 	})
+	t.mu.RUnlock()
+	if len(fresh) > 0 {
+		t.mu.Lock()
+		if len(t.cache)+len(fresh) > cacheLimit {
+			clear(t.cache)
+		}
+		for k, v := range fresh {
+			if len(t.cache) >= cacheLimit {
+				break
+			}
+			t.cache[k] = v
+		}
+		t.mu.Unlock()
+	}
 	return out
 }
 

@@ -3,6 +3,7 @@ package model
 import (
 	"bytes"
 	"encoding/json"
+	"fmt"
 	"math/rand/v2"
 	"os"
 	"path/filepath"
@@ -410,5 +411,46 @@ func BenchmarkEncode(b *testing.B) {
 	b.SetBytes(int64(len(data)))
 	for b.Loop() {
 		tk.Encode(data)
+	}
+}
+
+func TestTokenizerConcurrentAndCacheEviction(t *testing.T) {
+	tk := tokTrainSmall(t, 400)
+	// More distinct chunks than the cache holds.
+	var big bytes.Buffer
+	for i := 0; big.Len() < 8*cacheLimit; i++ {
+		big.WriteString(" w")
+		big.WriteString(tokItoa(i * 7919))
+	}
+	inputs := [][]byte{tokCorpus, big.Bytes(), []byte("\xff\xfe abc"), tokCorpus[:500]}
+	want := make([][]int, len(inputs))
+	fresh := tokTrainSmall(t, 400) // empty cache: the reference segmentation
+	for i, in := range inputs {
+		want[i] = fresh.Encode(in)
+	}
+	done := make(chan error, 8)
+	for g := 0; g < 8; g++ {
+		go func() {
+			for k := 0; k < 3; k++ {
+				for i := range inputs {
+					if got := tk.Encode(inputs[(i+g)%len(inputs)]); !slices.Equal(got, want[(i+g)%len(inputs)]) {
+						done <- fmt.Errorf("goroutine %d: encoding differs", g)
+						return
+					}
+				}
+			}
+			done <- nil
+		}()
+	}
+	for range 8 {
+		if err := <-done; err != nil {
+			t.Fatal(err)
+		}
+	}
+	tk.mu.RLock()
+	n := len(tk.cache)
+	tk.mu.RUnlock()
+	if n > cacheLimit {
+		t.Errorf("cache holds %d chunks, limit %d", n, cacheLimit)
 	}
 }
