@@ -21,7 +21,8 @@ import (
 //     whole FFN plus residual is one d×d product. With LayerNorm before the
 //     FFN, β cannot be folded (the FFN sees LN(x̂), not x̂) and Beta = β.
 //     Without FFNScaling, Alpha = Beta = 1 (the runtime ignores them).
-//   - Threshold: θ per head (Opts.EntropyReg), else DefaultThreshold.
+//   - Threshold: θ per head (Opts.EntropyReg), else the weights' thresholds
+//     given to FromWeights, else DefaultThreshold.
 func (p *Params) Export() (*model.Weights, error) {
 	cfg := p.Config
 	d, H := cfg.Dim, cfg.Heads
@@ -99,6 +100,9 @@ func (p *Params) Export() (*model.Weights, error) {
 		ob.Threshold = make([]float64, H)
 		for h := range ob.Threshold {
 			ob.Threshold[h] = DefaultThreshold
+			if b.threshold != nil {
+				ob.Threshold[h] = b.threshold[h]
+			}
 			if b.theta != nil {
 				ob.Threshold[h] = b.theta.Data[h]
 			}

@@ -292,6 +292,18 @@ func TestFromWeightsRoundTrip(t *testing.T) {
 	if w2.Blocks[1].Threshold[1] != 0.3 {
 		t.Fatalf("threshold not exported: %v", w2.Blocks[1].Threshold)
 	}
+	// Without the regularizer, thresholds pass through unchanged.
+	q, err := FromWeights(w2, Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	w3, err := q.Export()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if w3.Blocks[1].Threshold[1] != 0.3 || w3.Blocks[0].Threshold[0] != w.Blocks[0].Threshold[0] {
+		t.Fatalf("thresholds not carried through: %v", w3.Blocks)
+	}
 }
 
 // The reported head entropies and penalty agree with entropies computed from

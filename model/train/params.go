@@ -80,6 +80,7 @@ type blockParams struct {
 	temp                   *Param          // τ [heads, context]; t = exp(τ)
 	alpha, beta            *Param          // [1] each
 	theta                  *Param          // [heads]
+	threshold              []float64       // θ carried through from the weights when θ is not trained
 }
 
 // Params is the whole trainable state.
@@ -178,6 +179,9 @@ func FromWeights(w *model.Weights, opts Options) (*Params, error) {
 				t[i] = math.Log(v)
 			}
 			b.temp = p.add(pre+"attn.log_temperature", false, t, H, cfg.Context)
+		}
+		if len(wb.Threshold) == H {
+			b.threshold = append([]float64(nil), wb.Threshold...)
 		}
 		if opts.EntropyReg {
 			th := make([]float64, H)
@@ -298,7 +302,7 @@ func (p *Params) Clone() *Params {
 	c.wte, c.wpe, c.lnfg, c.lnfb, c.fscale = m[p.wte], m[p.wpe], m[p.lnfg], m[p.lnfb], m[p.fscale]
 	for _, b := range p.blocks {
 		nb := blockParams{ln1g: m[b.ln1g], ln1b: m[b.ln1b], ln2g: m[b.ln2g], ln2b: m[b.ln2b],
-			temp: m[b.temp], alpha: m[b.alpha], beta: m[b.beta], theta: m[b.theta]}
+			temp: m[b.temp], alpha: m[b.alpha], beta: m[b.beta], theta: m[b.theta], threshold: b.threshold}
 		for k, lin := range b.lin {
 			if lin == nil {
 				continue
