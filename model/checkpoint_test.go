@@ -421,3 +421,27 @@ func FuzzLoadCheckpoint(f *testing.F) {
 		}
 	})
 }
+
+// BenchmarkCheckpointSaveLoad writes and reads a model of the shipped size
+// (entropy-guided, d=256, 4 layers, vocab 1024, context 128) as F32 and
+// reports the file size.
+//
+//	go test -run '^$' -bench CheckpointSaveLoad ./model/
+func BenchmarkCheckpointSaveLoad(b *testing.B) {
+	w, err := NewRandom(EntropyGuided(1024, 128, 256, 4, 4), 1)
+	if err != nil {
+		b.Fatal(err)
+	}
+	ck := &Checkpoint{Weights: w}
+	path := filepath.Join(b.TempDir(), "m.safetensors")
+	for b.Loop() {
+		if err := Save(path, ck); err != nil {
+			b.Fatal(err)
+		}
+		if _, err := Load(path); err != nil {
+			b.Fatal(err)
+		}
+	}
+	fi, _ := os.Stat(path)
+	b.ReportMetric(float64(fi.Size())/1e6, "MB")
+}

@@ -256,3 +256,26 @@ func FuzzReadSafetensors(f *testing.F) {
 		}
 	})
 }
+
+// TestSafetensorsReferenceVectors mirrors the reference implementation's
+// Python tests (huggingface/safetensors bindings/python/tests/test_simple.py,
+// test_serialization and the load-with-metadata case), with F32 in place of
+// I32 (same element size): the same header bytes, padding included.
+func TestSafetensorsReferenceVectors(t *testing.T) {
+	var buf bytes.Buffer
+	if err := WriteSafetensors(&buf, map[string]Tensor{"test": {Shape: []int{2, 2}, Data: make([]float64, 4)}}, nil, F32); err != nil {
+		t.Fatal(err)
+	}
+	want := "@\x00\x00\x00\x00\x00\x00\x00" + `{"test":{"dtype":"F32","shape":[2,2],"data_offsets":[0,16]}}    ` + strings.Repeat("\x00", 16)
+	if buf.String() != want {
+		t.Errorf("serialization\n%q\nwant\n%q", buf.String(), want)
+	}
+	withMeta := "f\x00\x00\x00\x00\x00\x00\x00" + `{"__metadata__":{"framework":"pt"},"test1":{"dtype":"F32","shape":[2,2],"data_offsets":[0,16]}}       ` + strings.Repeat("\x00", 16)
+	ts, meta, err := ParseSafetensors([]byte(withMeta))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if meta["framework"] != "pt" || len(ts["test1"].Data) != 4 || formatShape(ts["test1"].Shape) != "[2 2]" {
+		t.Errorf("load with metadata: %v %v", ts, meta)
+	}
+}

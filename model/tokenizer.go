@@ -48,7 +48,8 @@ const (
 )
 
 // Tokenizer is a trained byte-level BPE tokenizer. It is safe for concurrent
-// use.
+// use. Make one with TrainBPE or json.Unmarshal; the zero value has no
+// vocabulary (Decode rejects every id).
 type Tokenizer struct {
 	merges [][2]int32
 	tokens [][]byte         // id → bytes, for ids < 256+len(merges)
@@ -339,6 +340,9 @@ func (t *Tokenizer) Encode(b []byte) []int {
 	t.mu.RUnlock()
 	if len(fresh) > 0 {
 		t.mu.Lock()
+		if t.cache == nil {
+			t.cache = make(map[string][]int32)
+		}
 		if len(t.cache)+len(fresh) > cacheLimit {
 			clear(t.cache)
 		}
