@@ -11,15 +11,21 @@ type Set struct {
 }
 
 // Softmax is the HE-friendly softmax over scores (no max-subtraction):
-// e_j = Exp(s_j), S = Σ_j e_j, out_j = e_j · Recip(S). The CKKS path computes
-// the same three steps on ciphertexts.
+// e_j = Exp(s_j), S̄ = (1/n)·Σ_j e_j, out_j = (e_j/n) · Recip(S̄), n the number
+// of scores (the query's position + 1, known to the server). Taking the mean
+// rather than the sum narrows the reciprocal's input range by up to a factor
+// n (measured: 40× on random models), which saves Newton steps; the 1/n
+// factors are plaintext constants that the CKKS path folds into the
+// reciprocal's change of variable and into the next mask multiplication.
+// Recip's range is therefore a range of mean exp-scores.
 func (s *Set) Softmax(dst, scores []float64) {
 	var sum float64
 	for j, v := range scores {
 		dst[j] = s.Exp.Eval(v)
 		sum += dst[j]
 	}
-	r := s.Recip.Eval(sum)
+	n := float64(len(scores))
+	r := s.Recip.Eval(sum/n) / n
 	for j := range scores {
 		dst[j] *= r
 	}

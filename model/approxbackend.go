@@ -47,7 +47,7 @@ func (r Range) String() string {
 // Ranges records the inputs of every nonlinearity of the decoder.
 type Ranges struct {
 	Exp     Range // scaled attention scores q·k/(t·√d_k)
-	Recip   Range // softmax denominators Σ_j exp(s_j) (no max subtraction)
+	Recip   Range // softmax mean denominators (1/n)·Σ_j exp(s_j) (no max subtraction)
 	InvSqrt Range // LayerNorm σ² + eps
 	GELU    Range // GELU inputs
 }
@@ -108,7 +108,7 @@ func (p *Plain) approxSoftmax(dst, scores []float64) {
 			p.Ranges.Exp.observe(v)
 			sum += p.set.Exp.Eval(v)
 		}
-		p.Ranges.Recip.observe(sum)
+		p.Ranges.Recip.observe(sum / float64(len(scores)))
 	}
 	p.set.Softmax(dst, scores)
 }

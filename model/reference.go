@@ -199,7 +199,7 @@ func (p *Plain) softmax(dst, scores []float64) {
 		for _, v := range scores {
 			p.Ranges.Exp.observe(v)
 		}
-		p.Ranges.Recip.observe(sum * math.Exp(m)) // the sum HE sees: no max subtraction
+		p.Ranges.Recip.observe(sum * math.Exp(m) / float64(len(scores))) // the mean HE sees: no max subtraction
 	}
 }
 
