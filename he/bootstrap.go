@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"math"
 	"sync"
 
 	"github.com/tuneinsight/lattigo/v6/circuits/ckks/bootstrapping"
@@ -93,7 +94,8 @@ func NewBootstrapper(btp bootstrapping.Parameters, keys *bootstrapping.Evaluatio
 func (b *Bootstrapper) OutputLevel() int { return b.btp.OutputLevel() }
 
 // Refresh bootstraps each ciphertext (any level ≥ 0; at level 0 the scale
-// must be the default scale, a power of two for the presets here).
+// must be exactly the default scale, a power of two for the presets here).
+// The inputs are not modified.
 func (b *Bootstrapper) Refresh(ctx context.Context, cts []*rlwe.Ciphertext, opts RefreshOptions) ([]*rlwe.Ciphertext, error) {
 	level, scale, err := resolveTarget(b.params, opts)
 	if err != nil {
@@ -119,14 +121,18 @@ func (b *Bootstrapper) Refresh(ctx context.Context, cts []*rlwe.Ciphertext, opts
 			return nil, fmt.Errorf("he: bootstrap: ciphertext %d has degree %d, relinearize it first", i, ct.Degree())
 		case ct.Value[0].N() != b.params.N():
 			return nil, fmt.Errorf("he: bootstrap: ciphertext %d has ring degree %d, parameters have %d", i, ct.Value[0].N(), b.params.N())
-		case ct.Level() < b.btp.MinimumInputLevel()-1:
-			return nil, fmt.Errorf("he: bootstrap: ciphertext %d below the minimum input level", i)
+		case ct.Level() == 0 && !ct.Scale.Equal(b.params.DefaultScale()):
+			// Lattigo's ScaleDown at level 0 multiplies by an integer and
+			// drops the residual scale error: only exact default scales
+			// (powers of two here) are bootstrapped correctly there.
+			return nil, fmt.Errorf("he: bootstrap: ciphertext %d is at level 0 with scale 2^%.4f ≠ the default scale: bootstrap it at level ≥ 1 (the scale is then matched) or produce it at the default scale",
+				i, math.Log2(ct.Scale.Float64()))
 		}
 		if err := ctx.Err(); err != nil {
 			return nil, err
 		}
 		b.mu.Lock()
-		r, err := b.btp.Bootstrap(ct)
+		r, err := b.btp.Bootstrap(ct.CopyNew()) // Lattigo's ScaleDown works in place
 		b.mu.Unlock()
 		if err != nil {
 			return nil, fmt.Errorf("he: bootstrap ciphertext %d: %w", i, err)

@@ -55,10 +55,42 @@ func bootRoundTrip(t *testing.T, p Preset, allowInsecure bool, maxErr float64) {
 		tBoot.Seconds(), out[0].Level(), math.Log2(e), float64(ms.Sys)/(1<<30), peakRSS())
 	require.Less(t, e, maxErr)
 
-	// Requested lower level, slot maps refused, too-high level refused.
+	// The input is untouched; a requested lower level; slot maps and a
+	// level-0 input at a non-default scale are refused.
+	got2 := make([]float64, params.MaxSlots())
+	require.NoError(t, ecd.Decode(dec.DecryptNew(ct), got2))
+	require.Less(t, maxAbsDiff(got2, v), 0x1p-20, "input modified")
 	out, err = b.Refresh(context.Background(), []*rlwe.Ciphertext{ct}, RefreshOptions{Level: 1})
 	require.NoError(t, err)
 	require.Equal(t, 1, out[0].Level())
+	require.NoError(t, ecd.Decode(dec.DecryptNew(out[0]), got))
+	require.Less(t, maxAbsDiff(got, v), maxErr)
+	odd := ct.CopyNew()
+	odd.Scale = odd.Scale.Mul(rlwe.NewScale(1.5))
+	_, err = b.Refresh(context.Background(), []*rlwe.Ciphertext{odd}, RefreshOptions{Level: -1})
+	require.ErrorContains(t, err, "level ≥ 1")
+	// ...and that advice holds: a level-1 input with a drifted scale.
+	pt2 := ckks.NewPlaintext(params, 2)
+	require.NoError(t, ecd.Encode(v, pt2))
+	ct2, err := enc.EncryptNew(pt2)
+	require.NoError(t, err)
+	ev := ckks.NewEvaluator(params, nil)
+	wpt := ckks.NewPlaintext(params, 2) // at the default scale: the product's scale drifts after rescale
+	w := make([]float64, params.MaxSlots())
+	for i := range w {
+		w[i] = 0.999
+	}
+	require.NoError(t, ecd.Encode(w, wpt))
+	require.NoError(t, ev.Mul(ct2, wpt, ct2))
+	require.NoError(t, ev.Rescale(ct2, ct2))
+	require.Equal(t, 1, ct2.Level())
+	require.False(t, ct2.Scale.Equal(params.DefaultScale()))
+	out, err = b.Refresh(context.Background(), []*rlwe.Ciphertext{ct2}, RefreshOptions{Level: -1})
+	require.NoError(t, err)
+	require.NoError(t, ecd.Decode(dec.DecryptNew(out[0]), got))
+	for i := range v {
+		require.InDelta(t, 0.999*v[i], got[i], maxErr)
+	}
 	_, err = b.Refresh(context.Background(), []*rlwe.Ciphertext{ct}, RefreshOptions{Maps: []*SlotMap{ReplicateMap(params.MaxSlots(), 4, 0)}})
 	require.ErrorContains(t, err, "slot maps")
 }
