@@ -270,3 +270,42 @@ func TestMaskedRefreshSlotMap(t *testing.T) {
 	require.True(t, out[0].Scale.Equal(s))
 	require.Less(t, maxAbsDiff(k.decrypt(t, out[0]), v), 0x1p-20)
 }
+
+// The seeded response survives serialization (what the network carries) and
+// is half the size of a full ciphertext at the same level.
+func TestSeededCiphertextWire(t *testing.T) {
+	k := newRFKit(t, InsecureTest)
+	honest := NewRefreshResponder(k.params, k.sk)
+	var up, full int
+	tr := func(ctx context.Context, req *RefreshRequest) (*RefreshResponse, error) {
+		r, err := honest.Respond(ctx, req)
+		if err != nil {
+			return nil, err
+		}
+		out := &RefreshResponse{}
+		for _, sc := range r.Cts {
+			b, err := sc.MarshalBinary()
+			if err != nil {
+				return nil, err
+			}
+			require.Equal(t, sc.BinarySize(), len(b))
+			up += len(b)
+			full += rlwe.NewCiphertext(k.params, 1, sc.C0.Level()).BinarySize()
+			var back SeededCiphertext
+			if err := back.UnmarshalBinary(b); err != nil {
+				return nil, err
+			}
+			out.Cts = append(out.Cts, &back)
+		}
+		return out, nil
+	}
+	mr := newMasked(t, k, tr)
+	v := uniformIn(k.params.MaxSlots(), -1, 1, rand.New(rand.NewPCG(19, 20)))
+	out, err := mr.Refresh(context.Background(), []*rlwe.Ciphertext{k.encrypt(t, v, 4)}, RefreshOptions{Level: -1})
+	require.NoError(t, err)
+	require.Less(t, maxAbsDiff(k.decrypt(t, out[0]), v), 0x1p-20)
+	t.Logf("seeded response %d bytes, full ciphertext %d bytes", up, full)
+	require.Less(t, float64(up), 0.51*float64(full))
+	var bad SeededCiphertext
+	require.Error(t, bad.UnmarshalBinary([]byte{1, 2, 3}))
+}
