@@ -114,16 +114,22 @@ func Calibrate(w *Weights, seqs [][]int, opt CalibrateOptions) (*Calibration, er
 		}
 	}
 
-	// Reciprocal first: its lower end bounds how small a softmax denominator
-	// gets, which sets the tolerance of exp.
-	rlo, rhi := obs.Recip.Lo/opt.RatioMargin, obs.Recip.Hi*opt.RatioMargin
+	// The reciprocal's input is the mean exp-score of a row. If scores may
+	// move by the exp range's margin, the mean moves by at most e^margin: widen
+	// the observed mean range by exactly that, and never past [e^lo, e^hi],
+	// which bounds the mean of any row whose scores stay in the exp range.
+	elo, ehi := widen(obs.Exp, opt.Margin)
+	// A full e^margin is costly for the reciprocal (every factor of range
+	// costs Newton steps), so the widening is capped at RatioMargin².
+	capped := func(shift float64) float64 { return math.Min(math.Exp(shift), opt.RatioMargin*opt.RatioMargin) }
+	rlo := math.Max(obs.Recip.Lo/capped(obs.Exp.Lo-elo), math.Exp(elo))
+	rhi := math.Min(obs.Recip.Hi*capped(ehi-obs.Exp.Hi), math.Exp(ehi))
 	recip, rabs, rrel := bestNewton(func(d, it int) newtonApprox { return approx.NewReciprocal(rlo, rhi, d, it) },
 		opt.RecipTol, "reciprocal", c)
 	c.Set.Recip = recip.(approx.Reciprocal)
 	c.Report = append(c.Report, fmt.Sprintf("recip    [%.4g, %.4g] init degree %d + %d Newton steps, depth %d, max abs %.2e, rel %.2e",
 		rlo, rhi, c.Set.Recip.Init.Degree(), c.Set.Recip.Iters, c.Set.Recip.Depth(), rabs, rrel))
 
-	elo, ehi := widen(obs.Exp, opt.Margin)
 	var exp approx.Exp
 	var eabs, bound float64
 	for _, d := range polyDegrees {
