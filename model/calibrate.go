@@ -116,7 +116,7 @@ func Calibrate(w *Weights, seqs [][]int, opt CalibrateOptions) (*Calibration, er
 
 	// The reciprocal's input is the mean exp-score of a row. If scores may
 	// move by the exp range's margin, the mean moves by at most e^margin: widen
-	// the observed mean range by exactly that, and never past [e^lo, e^hi],
+	// the observed mean range by that factor (capped below), never past [e^lo, e^hi],
 	// which bounds the mean of any row whose scores stay in the exp range.
 	elo, ehi := widen(obs.Exp, opt.Margin)
 	// A full e^margin is costly for the reciprocal (every factor of range

@@ -7,6 +7,7 @@ import (
 	"path/filepath"
 	"reflect"
 	"testing"
+	"time"
 
 	"github.com/entropi-ai/entropi/model"
 )
@@ -292,5 +293,47 @@ func TestConfigValidation(t *testing.T) {
 	bad[10] = tinyVocab
 	if _, err := NewTrainer(tinyConfig("baseline"), bad, held, 1); err == nil {
 		t.Error("token outside the vocabulary accepted")
+	}
+}
+
+// BenchmarkTrainStep measures optimizer steps at the design notes' size
+// (d=256, 4 layers, 4 heads, T=128, V=1024, batch 16 in micro-batches of 4,
+// entropy-guided model with the regularizer) on synthetic tokens; it reports
+// tokens/s and tokens per CPU-second. Build with -tags openblas to measure
+// OpenBLAS:
+//
+//	go test -run '^$' -bench TrainStep -benchtime 3x ./model/train/
+//	go test -tags openblas -run '^$' -bench TrainStep -benchtime 3x ./model/train/
+func BenchmarkTrainStep(b *testing.B) {
+	for _, workers := range []int{1, 2} {
+		b.Run(map[int]string{1: "workers=1", 2: "workers=2"}[workers], func(b *testing.B) {
+			cfg := Config{
+				Model: model.EntropyGuided(1024, 128, 256, 4, 4), Opts: Options{EntropyReg: true, Lambda: 1e-5},
+				Seed: 1, Batch: 16, MicroBatch: 4, Steps: 1000, LR: 1e-3, Warmup: 10, AdamW: DefaultAdamW(), Clip: 1, EvalWindows: 1,
+			}
+			train := markovStream(200000, 1024, 1)
+			tr, err := NewTrainer(cfg, train, train[:1000], workers)
+			if err != nil {
+				b.Fatal(err)
+			}
+			SetBLASThreads(max(1, 2/workers))
+			if _, err := tr.TrainStep(); err != nil { // allocate
+				b.Fatal(err)
+			}
+			b.ResetTimer()
+			start, cpu0 := time.Now(), processCPU()
+			for i := 0; i < b.N; i++ {
+				if _, err := tr.TrainStep(); err != nil {
+					b.Fatal(err)
+				}
+			}
+			tokens := float64(b.N * cfg.TokensPerStep())
+			b.ReportMetric(tokens/time.Since(start).Seconds(), "tokens/s")
+			// On a shared machine wall time depends on the load; tokens per
+			// CPU-second does not (a threaded BLAS that spins inflates CPU).
+			if cpu := processCPU() - cpu0; cpu > 0 {
+				b.ReportMetric(tokens/cpu.Seconds(), "tokens/cpu-s")
+			}
+		})
 	}
 }
