@@ -56,8 +56,9 @@ type Tokenizer struct {
 	ranks  map[uint64]int32 // pair → merged id
 	eot    int              // end-of-text id, or -1
 
-	mu    sync.RWMutex
-	cache map[string][]int32
+	mu       sync.RWMutex
+	cache    map[string][]int32
+	cacheMax int // chunks the cache holds at most (0: cacheLimit)
 }
 
 // BPEOptions are TrainBPEWith's options.
@@ -323,6 +324,10 @@ func (t *Tokenizer) Encode(b []byte) []int {
 	var fresh map[string][]int32
 	t.mu.RLock()
 	forEachChunk(b, func(c []byte) {
+		if len(c) == 1 {
+			out = append(out, int(c[0]))
+			return
+		}
 		ids, ok := t.cache[string(c)]
 		if !ok {
 			if ids, ok = fresh[string(c)]; !ok {
@@ -343,11 +348,15 @@ func (t *Tokenizer) Encode(b []byte) []int {
 		if t.cache == nil {
 			t.cache = make(map[string][]int32)
 		}
-		if len(t.cache)+len(fresh) > cacheLimit {
+		limit := t.cacheMax
+		if limit <= 0 {
+			limit = cacheLimit
+		}
+		if len(t.cache)+len(fresh) > limit {
 			clear(t.cache)
 		}
 		for k, v := range fresh {
-			if len(t.cache) >= cacheLimit {
+			if len(t.cache) >= limit {
 				break
 			}
 			t.cache[k] = v
