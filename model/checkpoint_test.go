@@ -445,3 +445,51 @@ func BenchmarkCheckpointSaveLoad(b *testing.B) {
 	fi, _ := os.Stat(path)
 	b.ReportMetric(float64(fi.Size())/1e6, "MB")
 }
+
+// TestCheckpointAblations round-trips every switch of the decoder family.
+func TestCheckpointAblations(t *testing.T) {
+	var cfgs []Config
+	c := Baseline(260, 4, 8, 1, 2)
+	c.Bias = false
+	cfgs = append(cfgs, c)
+	c = Baseline(260, 4, 8, 1, 2)
+	c.Activation = ActReLU
+	c.FinalNorm = FinalScale
+	cfgs = append(cfgs, c)
+	c = Baseline(260, 4, 8, 2, 4)
+	c.LayerNorm, c.FinalNorm = false, FinalNone
+	cfgs = append(cfgs, c)
+	c = EntropyGuided(260, 4, 8, 1, 2)
+	c.Bias, c.Temperature, c.FFNScaling, c.FinalNorm = false, false, false, FinalNone
+	cfgs = append(cfgs, c)
+	c = EntropyGuided(260, 4, 8, 1, 1)
+	c.LayerNorm, c.LNEps, c.FinalNorm = true, 1e-5, FinalLayerNorm
+	cfgs = append(cfgs, c)
+	for _, cfg := range cfgs {
+		w, err := NewRandom(cfg, 9)
+		if err != nil {
+			t.Fatal(err)
+		}
+		back, err := ParseCheckpoint(ckptBytes(t, &Checkpoint{Weights: w}, F64))
+		if err != nil {
+			t.Fatalf("%+v: %v", cfg, err)
+		}
+		if back.Weights.Config != cfg {
+			t.Fatalf("config %+v, want %+v", back.Weights.Config, cfg)
+		}
+		want, got := w.Tensors(), back.Weights.Tensors()
+		if !reflect.DeepEqual(got, want) {
+			t.Errorf("%+v: tensors changed in the round trip", cfg)
+		}
+		if back.Weights.FinalScale != w.FinalScale {
+			t.Errorf("%+v: final scale %v, want %v", cfg, back.Weights.FinalScale, w.FinalScale)
+		}
+		for l := range w.Blocks {
+			a1, b1 := w.Blocks[l].FFNScale(cfg)
+			a2, b2 := back.Weights.Blocks[l].FFNScale(cfg)
+			if a1 != a2 || b1 != b2 {
+				t.Errorf("%+v: block %d FFN scale changed", cfg, l)
+			}
+		}
+	}
+}
