@@ -327,7 +327,7 @@ func BenchmarkTrainStep(b *testing.B) {
 					b.Fatal(err)
 				}
 			}
-			tokens := float64(b.N * cfg.TokensPerStep())
+			tokens := float64(b.N * tr.Config.TokensPerStep())
 			b.ReportMetric(tokens/time.Since(start).Seconds(), "tokens/s")
 			// On a shared machine wall time depends on the load; tokens per
 			// CPU-second does not (a threaded BLAS that spins inflates CPU).
