@@ -241,7 +241,7 @@ flags:
 	m["seed"] = strconv.FormatUint(cfg.Seed, 10)
 	m["tokens"] = strconv.FormatInt(tr.Tokens, 10)
 	m["steps"] = strconv.Itoa(tr.Step)
-	m["wall_time"] = tr.Elapsed.Round(time.Second).String()
+	m["wall_time"] = tr.Elapsed.Round(time.Second).String() // steps + evaluations, all sessions
 	m["machine"] = machine(tr.Workers())
 	m["trained_at"] = time.Now().UTC().Format(time.RFC3339)
 	if *resume != "" {
@@ -251,6 +251,9 @@ flags:
 		e := tr.Evals[n-1]
 		m["held_out_ce"] = fmt.Sprintf("%.5f", e.CE)
 		m["held_out_ppl"] = fmt.Sprintf("%.5f", e.PPL)
+		if hj, err := json.Marshal(e.HeadEntropy); err == nil {
+			m["held_out_head_entropy"] = string(hj)
+		}
 		if len(e.FFNScale) > 0 {
 			m["ffn_scale_inv_alpha"] = fmt.Sprint(e.FFNScale)
 			m["ffn_beta"] = fmt.Sprint(e.Beta)
@@ -258,7 +261,7 @@ flags:
 	}
 	if n := len(tr.History); n > 0 {
 		hj, _ := json.Marshal(tr.History[n-1].HeadEntropy)
-		m["final_head_entropy"] = string(hj)
+		m["final_train_batch_head_entropy"] = string(hj)
 	}
 	if err := model.Save(*out, &model.Checkpoint{Weights: w, Tokenizer: enc.Tokenizer, Meta: m}); err != nil {
 		return err

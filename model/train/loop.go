@@ -122,6 +122,8 @@ type EvalRecord struct {
 	// design notes ask to watch 1/α collapse to 0 in deep layers.
 	FFNScale []float64 `json:"ffn_scale,omitempty"`
 	Beta     []float64 `json:"beta,omitempty"`
+	// HeadEntropy[l][h]: mean attention entropy on the held-out windows.
+	HeadEntropy [][]float64 `json:"head_entropy"`
 }
 
 // Trainer runs data-parallel training. The batch of each step is cut into
@@ -138,7 +140,7 @@ type Trainer struct {
 	Loader  *Loader
 	Step    int // optimizer steps done
 	Tokens  int64
-	Elapsed time.Duration // training wall time over all sessions (resumes included)
+	Elapsed time.Duration // wall time of steps and evaluations over all sessions (resumes included)
 	History []StepRecord
 	Evals   []EvalRecord
 	// Meta is free-form run metadata kept in the saved state (the command
@@ -315,6 +317,7 @@ func (t *Trainer) Evaluate() (EvalRecord, error) {
 	n := len(t.evalIn)
 	chunks := (n + mb - 1) / mb
 	sums := make([]float64, chunks) // per chunk, summed in window order
+	ents := make([][][]float64, chunks)
 	errs := make([]error, chunks)
 	for r := 0; r < chunks; r += t.workers {
 		var wg sync.WaitGroup
@@ -329,6 +332,7 @@ func (t *Trainer) Evaluate() (EvalRecord, error) {
 					errs[c] = err
 					return
 				}
+				ents[c] = t.ws[w].HeadEntropies(hi-lo, t.Config.SeqLen)
 				for b := range logits {
 					for i, row := range logits[b] {
 						sums[c] += crossEntropy(row, t.evalTg[lo+b][i])
@@ -339,14 +343,27 @@ func (t *Trainer) Evaluate() (EvalRecord, error) {
 		wg.Wait()
 	}
 	var total float64
+	var he [][]float64
 	for c := range sums {
 		if errs[c] != nil {
 			return EvalRecord{}, fmt.Errorf("train: evaluation: %w", errs[c])
 		}
 		total += sums[c]
+		wc := float64(min((c+1)*mb, n)-c*mb) / float64(n) // windows of this chunk / all
+		if he == nil {
+			he = make([][]float64, len(ents[c]))
+			for l := range he {
+				he[l] = make([]float64, len(ents[c][l]))
+			}
+		}
+		for l := range ents[c] {
+			for h, e := range ents[c][l] {
+				he[l][h] += wc * e
+			}
+		}
 	}
 	tokens := n * t.Config.SeqLen
-	rec := EvalRecord{Step: t.Step, CE: total / float64(tokens), Tokens: tokens}
+	rec := EvalRecord{Step: t.Step, CE: total / float64(tokens), Tokens: tokens, HeadEntropy: he}
 	rec.PPL = math.Exp(rec.CE)
 	if t.Config.Model.FFNScaling {
 		for l := 0; l < t.Config.Model.Layers; l++ {
@@ -415,7 +432,9 @@ func (t *Trainer) Run(ctx context.Context, o RunOptions) error {
 		done++
 		last := t.Step == t.Config.Steps
 		if last || (o.EvalEvery > 0 && t.Step%o.EvalEvery == 0) {
+			t0 := time.Now()
 			ev, err := t.Evaluate()
+			t.Elapsed += time.Since(t0)
 			if err != nil {
 				return err
 			}
@@ -456,7 +475,7 @@ func (t *Trainer) FormatStep(r StepRecord) string {
 
 // FormatEval renders an evaluation as one log line.
 func FormatEval(e EvalRecord) string {
-	s := fmt.Sprintf("eval step %d: held-out ce %.4f ppl %.3f (%d tokens)", e.Step, e.CE, e.PPL, e.Tokens)
+	s := fmt.Sprintf("eval step %d: held-out ce %.4f ppl %.3f (%d tokens) H/layer %s", e.Step, e.CE, e.PPL, e.Tokens, fmtFloats(layerMeans(e.HeadEntropy)))
 	if len(e.FFNScale) > 0 {
 		s += fmt.Sprintf(" 1/α %s β %s", fmtFloats(e.FFNScale), fmtFloats(e.Beta))
 	}

@@ -84,6 +84,18 @@ func TestTrainingLossDecreasesAndCheckpointReloads(t *testing.T) {
 			if he := tr.History[0].HeadEntropy; len(he) != 2 || len(he[0]) != 2 {
 				t.Errorf("head entropy shape %v", he)
 			}
+			// Held-out head entropies lie in [0, log T].
+			if he := ev.HeadEntropy; len(he) != 2 || len(he[1]) != 2 {
+				t.Errorf("held-out head entropy shape %v", he)
+			} else {
+				for _, hs := range he {
+					for _, e := range hs {
+						if !(e > 0 && e <= math.Log(16)+1e-9) {
+							t.Errorf("held-out head entropy %v outside (0, log 16]", e)
+						}
+					}
+				}
+			}
 
 			// Export, save, reload: the reference decoder on the reloaded
 			// weights gives the trainer's logits.
