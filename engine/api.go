@@ -65,5 +65,5 @@ type Keys struct {
 //	func (c *Client) DecryptLogits(ct *rlwe.Ciphertext) ([]float64, error)
 var (
 	_ func(*model.Weights, *approx.Set, Options) (*Engine, error) = New
-	_ func(*Spec, []byte) (*Client, error)                         = NewClient
+	_ func(*Spec, []byte) (*Client, error)                        = NewClient
 )

@@ -1,0 +1,69 @@
+package engine
+
+import (
+	"fmt"
+	"strings"
+	"text/tabwriter"
+)
+
+// PlanOp is one row of the level plan: an operation of one decode step, the
+// level of its input and output, the key-switches it costs (rotations plus
+// relinearizations) and whether its input was refreshed first.
+type PlanOp struct {
+	Op          string `json:"op"`   // e.g. "h.0.attn.c_attn", "h.0.attn.exp"
+	Kind        string `json:"kind"` // linear, attention, exp, recip, invsqrt, gelu, norm, affine, embed, logits
+	LevelIn     int    `json:"level_in"`
+	LevelOut    int    `json:"level_out"`
+	KeySwitches int    `json:"key_switches"`
+	CtCt        int    `json:"ct_ct"` // ciphertext×ciphertext products
+	// Refresh: ciphertexts refreshed right before the operation (0: none),
+	// and to which level.
+	Refresh      int    `json:"refresh,omitempty"`
+	RefreshLevel int    `json:"refresh_level,omitempty"`
+	Layout       string `json:"layout,omitempty"` // matvec layout (pre-rotated, replicated)
+	Note         string `json:"note,omitempty"`
+}
+
+// Plan is the level plan of one decode step, derived by a dry run of
+// model.Forward with a level-tracking backend (the same code as the
+// encrypted run, with no ciphertexts).
+type Plan struct {
+	Preset     string   `json:"preset"`
+	MaxLevel   int      `json:"max_level"`
+	MaskLevel  int      `json:"mask_level"`  // lowest level a masked refresh accepts
+	InputLevel int      `json:"input_level"` // level of the client's token ciphertext
+	Ops        []PlanOp `json:"ops"`
+	// Refreshes: refresh rounds per token and ciphertexts refreshed.
+	Refreshes, RefreshCts int
+	// RefreshTargets is the target level of each refresh round, in order.
+	RefreshTargets []int `json:"refresh_targets"`
+	// CacheLevels is the level of each layer's KV cache.
+	CacheLevels []int `json:"cache_levels"`
+	KeySwitches int   `json:"key_switches"`
+	CtCt        int   `json:"ct_ct"`
+	Rotations   int   `json:"rotation_keys"` // distinct rotation keys
+}
+
+// String prints the plan as a table.
+func (p *Plan) String() string {
+	var b strings.Builder
+	fmt.Fprintf(&b, "preset %s: max level %d, masked refresh needs level ≥ %d, client encrypts at level %d\n",
+		p.Preset, p.MaxLevel, p.MaskLevel, p.InputLevel)
+	tw := tabwriter.NewWriter(&b, 2, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "op\tkind\trefresh\tlevel in\tlevel out\tkey-switches\tct×ct\tnote")
+	for _, o := range p.Ops {
+		r := ""
+		if o.Refresh > 0 {
+			r = fmt.Sprintf("%d ct → %d", o.Refresh, o.RefreshLevel)
+		}
+		note := o.Note
+		if o.Layout != "" {
+			note = strings.TrimSpace(o.Layout + " " + note)
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t%d\t%d\t%d\t%s\n", o.Op, o.Kind, r, o.LevelIn, o.LevelOut, o.KeySwitches, o.CtCt, note)
+	}
+	tw.Flush()
+	fmt.Fprintf(&b, "per token: %d refresh rounds (%d ciphertexts), %d key-switches, %d ct×ct products, %d rotation keys; KV cache levels %v\n",
+		p.Refreshes, p.RefreshCts, p.KeySwitches, p.CtCt, p.Rotations, p.CacheLevels)
+	return b.String()
+}
