@@ -58,15 +58,15 @@ func (env *benchEnv) release() {
 }
 
 // evaluator generates exactly the keys of the given rotations (+ relin),
-// at level ≤ keyLevel.
-func (env *benchEnv) evaluator(b *testing.B, rots []int, relin bool, workers int) (*Evaluator, *Counters) {
+// only up to keyLevel (the level at which they are used).
+func (env *benchEnv) evaluator(b *testing.B, rots []int, relin bool, workers, keyLevel int) (*Evaluator, *Counters) {
 	b.Helper()
 	req := NewKeyRequest(env.params)
-	req.AddRotations(env.params.MaxLevel(), rots...)
+	req.AddRotations(keyLevel, rots...)
 	if relin {
-		req.AddRelin(env.params.MaxLevel())
+		req.AddRelin(keyLevel)
 	}
-	keys, err := env.ck.GenEvaluationKeys(req, KeyOptions{})
+	keys, err := env.ck.GenEvaluationKeys(req, KeyOptions{AtUsedLevels: true})
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -119,7 +119,7 @@ func benchMatVec(b *testing.B, env *benchEnv, mv *MatVec, in *rlwe.Ciphertext, w
 	ev, ok := env.evals[mv]
 	if !ok {
 		env.release()
-		e, cnt := env.evaluator(b, mv.Rotations(), false, workers)
+		e, cnt := env.evaluator(b, mv.Rotations(), false, workers, mv.KeyLevel())
 		out, err := e.EvaluateOne(mv, in)
 		if err != nil {
 			b.Fatal(err)
@@ -207,7 +207,7 @@ func BenchmarkMatVec256(b *testing.B) {
 					b.Fatal(err)
 				}
 				rots := rotationsOf(params, lt.GaloisElements(params))
-				e, _ := env.evaluator(b, rots, false, 1)
+				e, _ := env.evaluator(b, rots, false, 1, level)
 				ltEval := lintrans.NewEvaluator(e.Eval)
 				in := env.encrypt(b, rep.Encode(x), level)
 				run := func() *rlwe.Ciphertext {
@@ -325,7 +325,7 @@ func BenchmarkPrimitives(b *testing.B) {
 			slots := env.params.MaxSlots()
 			r := rand.New(rand.NewPCG(5, 5))
 			rots := []int{1, 2, 3, 4, 5, 6, 7, 8}
-			e, cnt := env.evaluator(b, rots, true, 1)
+			e, cnt := env.evaluator(b, rots, true, 1, env.params.MaxLevel())
 			for _, level := range []int{env.params.MaxLevel(), 1} {
 				ct := env.encrypt(b, randVec(r, slots), level)
 				b.Run(fmt.Sprintf("rotate/level=%d", level), func(b *testing.B) {

@@ -376,6 +376,8 @@ func newDiagPlan(params ckks.Parameters, ks []int, level int, diag func(k int) [
 		if err != nil {
 			return err
 		}
+		params.RingQ().AtLevel(level).MForm(pt.Value, pt.Value)
+		pt.IsMontgomery = true
 		gr.pts[terms[i].t] = pt
 		return nil
 	})
@@ -451,18 +453,19 @@ func (e *Evaluator) runJobs(ins []*rlwe.Ciphertext, jobs []matJob, nOut int) ([]
 	err := parallel(e.Workers, len(tasks), func(i int) error {
 		j := jobs[tasks[i].j]
 		gr := &j.plan.groups[tasks[i].g]
-		var acc *rlwe.Ciphertext
+		// Plaintext diagonals are stored in Montgomery form: multiply-
+		// accumulate directly in the ring (no per-product MForm pass).
 		t0 := time.Now()
+		x0 := rots[j.In][gr.babies[0]]
+		lvl := x0.Level()
+		ringQ := e.Params.RingQ().AtLevel(lvl)
+		acc := ckks.NewCiphertext(e.Params, 1, lvl)
+		*acc.MetaData = *x0.MetaData
+		acc.Scale = x0.Scale.Mul(gr.pts[0].Scale)
 		for t, b := range gr.babies {
 			x := rots[j.In][b]
-			if acc == nil {
-				var err error
-				if acc, err = e.Eval.MulNew(x, gr.pts[t]); err != nil {
-					return fmt.Errorf("pt×ct product: %w", err)
-				}
-			} else if err := e.Eval.MulThenAdd(x, gr.pts[t], acc); err != nil {
-				return fmt.Errorf("pt×ct product: %w", err)
-			}
+			ringQ.MulCoeffsMontgomeryThenAdd(x.Value[0], gr.pts[t].Value, acc.Value[0])
+			ringQ.MulCoeffsMontgomeryThenAdd(x.Value[1], gr.pts[t].Value, acc.Value[1])
 		}
 		e.Counters.Add(OpMulPtCt, len(gr.babies), time.Since(t0))
 		acc, err := e.Rescale(acc)
