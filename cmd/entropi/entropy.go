@@ -38,7 +38,8 @@ flags:
 	ext := fl.String("ext", ".go", "file suffix selected in a --data directory ('' : every file)")
 	nTokens := fl.Int("tokens", 8192, "tokens to run (whole windows; 0: all)")
 	pngPath := fl.String("png", "", "write the heatmap (layers × heads) to this PNG file")
-	title := fl.String("title", "", "heatmap title (default: attention entropy: MODEL)")
+	title := fl.String("title", "", "heatmap title (default: Attention entropy: MODEL)")
+	quiet := fl.Bool("quiet", false, "no progress bar (there is none when stderr is not a terminal)")
 	if err := fl.Parse(args); err != nil {
 		return err
 	}
@@ -63,7 +64,7 @@ flags:
 		return fmt.Errorf("%d tokens do not fill one window of %d", len(tokens), w.Config.Context)
 	}
 	fmt.Fprintf(stdout, "model %s: %s\ndata %s: %d windows of %d tokens\n", *modelPath, describeConfig(w.Config), *data, len(seqs), w.Config.Context)
-	bar := newProgressBar(stderr, "entropy", len(seqs), "windows")
+	bar := newBar(stderr, "entropy", len(seqs), "windows", *quiet)
 	st, err := model.AttentionEntropy(w, seqs, bar.set)
 	bar.finish()
 	if err != nil {
@@ -73,7 +74,7 @@ flags:
 	fmt.Fprint(stdout, r)
 	if *pngPath != "" {
 		if *title == "" {
-			*title = "attention entropy: " + filepath.Base(*modelPath) + " (" + w.Config.Name + ")"
+			*title = "Attention entropy: " + filepath.Base(*modelPath) + " (" + w.Config.Name + ")"
 		}
 		if err := r.SaveHeatmapPNG(*pngPath, *title); err != nil {
 			return err

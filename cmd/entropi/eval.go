@@ -10,7 +10,6 @@ import (
 	"path/filepath"
 	"sort"
 	"strings"
-	"time"
 
 	"github.com/entropi-ai/entropi/model"
 	"github.com/entropi-ai/entropi/model/train"
@@ -53,6 +52,7 @@ flags:
 	calibrate := fl.Bool("calibrate", false, "calibrate the approximations even if the checkpoint has some")
 	calibTokens := fl.Int("calib-tokens", 4096, "tokens used for calibration (taken before the evaluated ones)")
 	save := fl.String("save", "", "write the checkpoint with the calibrated approximations to this file")
+	quiet := fl.Bool("quiet", false, "no progress bar (there is none when stderr is not a terminal)")
 	if err := fl.Parse(args); err != nil {
 		return err
 	}
@@ -102,7 +102,7 @@ flags:
 	if *nTokens > 0 && len(tokens) > *nTokens {
 		tokens = tokens[:*nTokens]
 	}
-	bar := newProgressBar(stderr, "eval", len(tokens)-1, "tokens")
+	bar := newBar(stderr, "eval", len(tokens)-1, "tokens", *quiet)
 	ev, err := model.EvalApprox(w, set, tokens, model.PerplexityOptions{Stride: *stride, Progress: bar.set})
 	bar.finish()
 	if err != nil {
@@ -212,56 +212,4 @@ func windowsOf(tokens []int, n int) [][]int {
 		out = append(out, tokens[i:i+n])
 	}
 	return out
-}
-
-// progressBar is a one-line progress display on stderr, redrawn in place on
-// a terminal and silent otherwise (the final line is always printed).
-type progressBar struct {
-	w          io.Writer
-	tty        bool
-	label      string
-	unit       string
-	total      int
-	done       int
-	start, drw time.Time
-}
-
-func newProgressBar(w io.Writer, label string, total int, unit string) *progressBar {
-	tty := false
-	if f, ok := w.(*os.File); ok {
-		if st, err := f.Stat(); err == nil && st.Mode()&os.ModeCharDevice != 0 {
-			tty = true
-		}
-	}
-	return &progressBar{w: w, tty: tty, label: label, unit: unit, total: max(total, 1), start: time.Now()}
-}
-
-func (p *progressBar) set(done, total int) {
-	p.done, p.total = done, max(total, 1)
-	if p.tty && time.Since(p.drw) > 100*time.Millisecond {
-		p.drw = time.Now()
-		fmt.Fprintf(p.w, "\r%s", p.line())
-	}
-}
-
-func (p *progressBar) line() string {
-	const width = 30
-	f := float64(p.done) / float64(p.total)
-	n := int(f * width)
-	el := time.Since(p.start).Seconds()
-	rate := float64(p.done) / max(el, 1e-9)
-	eta := ""
-	if p.done > 0 && p.done < p.total {
-		eta = fmt.Sprintf(", %s left", (time.Duration(float64(p.total-p.done)/rate) * time.Second).Round(time.Second))
-	}
-	return fmt.Sprintf("%s %3.0f%% [%s%s] %d/%d %s (%.0f %s/s%s)", p.label, 100*f,
-		strings.Repeat("=", n), strings.Repeat(" ", width-n), p.done, p.total, p.unit, rate, p.unit, eta)
-}
-
-func (p *progressBar) finish() {
-	if p.tty {
-		fmt.Fprintf(p.w, "\r%s\n", p.line())
-		return
-	}
-	fmt.Fprintln(p.w, p.line())
 }
