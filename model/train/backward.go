@@ -82,8 +82,9 @@ func (ws *Workspace) backward(p *Params, inputs [][]int, B, T int, dE [][]float6
 			u := a.u[:N*hid]
 			switch cfg.Activation {
 			case model.ActGELU:
+				cdf := a.cdf[:N*hid]
 				for i, v := range u {
-					du[i] *= geluGrad(v)
+					du[i] *= cdf[i] + v*math.Exp(-0.5*v*v)*invSqrt2Pi
 				}
 			case model.ActReLU:
 				for i, v := range u {

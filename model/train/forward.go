@@ -51,6 +51,7 @@ type layerActs struct {
 	xh               []float64 // [N·d] x + attention
 	xhat2, rstd2, h2 []float64 // ln_2
 	u, a             []float64 // [N·hidden] FFN pre- and post-activation (two-matrix)
+	cdf              []float64 // [N·hidden] Φ(u) for GELU, reused by the backward pass
 	f                []float64 // [N·d] FFN output
 }
 
@@ -113,6 +114,9 @@ func NewWorkspace(p *Params, batch, seqLen int) *Workspace {
 				a.a = a.u
 			} else {
 				a.a = f(N * hid)
+			}
+			if cfg.Activation == model.ActGELU {
+				a.cdf = f(N * hid)
 			}
 		}
 	}
@@ -374,11 +378,8 @@ func layerNorm(x []float64, N, d int, g, b []float64, eps float64, xhat, rstd, y
 	}
 }
 
-func gelu(x float64) float64 { return 0.5 * x * (1 + math.Erf(x/math.Sqrt2)) }
-
-func geluGrad(x float64) float64 {
-	return 0.5*(1+math.Erf(x/math.Sqrt2)) + x*math.Exp(-0.5*x*x)/math.Sqrt(2*math.Pi)
-}
+// GELU (erf form, approx.GELUExact): gelu(x) = x·Φ(x), gelu'(x) = Φ(x) + x·φ(x).
+var invSqrt2Pi = 1 / math.Sqrt(2*math.Pi)
 
 // entropyEps is the ε inside log(a + ε) of the head entropy (design notes).
 const entropyEps = 1e-9
@@ -475,8 +476,10 @@ func (ws *Workspace) forward(p *Params, inputs [][]int, B, T int) {
 			act := a.a[:N*hid]
 			switch cfg.Activation {
 			case model.ActGELU:
+				cdf := a.cdf[:N*hid]
 				for i, v := range u {
-					act[i] = gelu(v)
+					cdf[i] = 0.5 * (1 + math.Erf(v/math.Sqrt2))
+					act[i] = v * cdf[i]
 				}
 			case model.ActReLU:
 				for i, v := range u {
