@@ -4,6 +4,7 @@ import (
 	"testing"
 
 	"github.com/stretchr/testify/require"
+	"gonum.org/v1/gonum/mat"
 )
 
 // The replication-aware product's key fact: in the PreRotated layout, for
@@ -98,4 +99,11 @@ func TestCounters(t *testing.T) {
 	require.Contains(t, c.String(), "rotate=3")
 	c.Reset()
 	require.Equal(t, int64(0), c.Count(OpRotate))
+}
+
+func TestRowsFromDenseAndTranspose(t *testing.T) {
+	m := mat.NewDense(2, 3, []float64{1, 2, 3, 4, 5, 6})
+	w := RowsFromDense(m)
+	require.Equal(t, Rows{{1, 2, 3}, {4, 5, 6}}, w)
+	require.Equal(t, Rows{{1, 4}, {2, 5}, {3, 6}}, TransposeRows(w))
 }
