@@ -7,6 +7,7 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"io"
 	"math"
 	"os"
 	"os/signal"
@@ -202,8 +203,8 @@ flags:
 	logf("BLAS %s (%d threads/call), %d workers, %d tokens/step, %d steps (%.3g tokens), state %s",
 		train.BLAS, train.BLASThreads(), tr.Workers(), cfg.TokensPerStep(), cfg.Steps, float64(cfg.Steps*cfg.TokensPerStep()), *statePath)
 
-	// Progress: a status line on a terminal, log lines otherwise.
-	prog := newProgress(os.Stderr, tr, *logEvery)
+	// Progress: a bar on a terminal, log lines otherwise.
+	prog := newTrainProgress(os.Stderr, tr, *logEvery)
 	tr.OnStep = prog.step
 	tr.OnEval = prog.eval
 
@@ -362,70 +363,70 @@ func writeHistory(path string, tr *train.Trainer) error {
 	return os.WriteFile(path, b, 0o644)
 }
 
-// progress renders training progress: on a terminal, one status line
-// redrawn in place (step, %, loss, tokens/s, per-layer mean head entropy,
-// ETA); otherwise a log line every logEvery steps. Evaluations always get
-// their own line.
-type progress struct {
-	f        *os.File
+// trainProgress renders training progress: on a terminal, the commands'
+// progress bar (progress.go, schollz/progressbar) over the steps, its
+// description showing loss, tokens/s, per-layer mean head entropy, gradient
+// norm and learning rate; otherwise a log line every logEvery steps.
+// Evaluations always get their own line.
+type trainProgress struct {
+	w        io.Writer
 	tr       *train.Trainer
-	tty      bool
+	bar      *bar
 	logEvery int
 	start    time.Time
 	startTok int64
-	width    int
 }
 
-func newProgress(f *os.File, tr *train.Trainer, logEvery int) *progress {
-	st, err := f.Stat()
-	return &progress{f: f, tr: tr, tty: err == nil && st.Mode()&os.ModeCharDevice != 0, logEvery: max(1, logEvery),
-		start: time.Now(), startTok: tr.Tokens}
+func newTrainProgress(w io.Writer, tr *train.Trainer, logEvery int) *trainProgress {
+	p := &trainProgress{w: w, tr: tr, logEvery: max(1, logEvery), start: time.Now(), startTok: tr.Tokens}
+	if isTerminal(w) {
+		p.bar = newBar(w, "train", tr.Config.Steps, "steps", false)
+		p.bar.set(tr.Step, tr.Config.Steps)
+	}
+	return p
 }
 
-func (p *progress) line(r train.StepRecord) string {
-	c := p.tr.Config
-	el := time.Since(p.start)
-	rate := float64(r.Tokens-p.startTok) / el.Seconds()
-	eta := time.Duration(float64(int64(c.Steps*c.TokensPerStep())-r.Tokens) / rate * float64(time.Second))
+// rate is this session's tokens/s so far.
+func (p *trainProgress) rate(r train.StepRecord) float64 {
+	return float64(r.Tokens-p.startTok) / time.Since(p.start).Seconds()
+}
+
+func (p *trainProgress) describe(r train.StepRecord) string {
 	var b strings.Builder
-	fmt.Fprintf(&b, "%5.1f%% step %d/%d loss %.4f", 100*float64(r.Step)/float64(c.Steps), r.Step, c.Steps, r.Loss)
-	if c.Opts.EntropyReg {
+	fmt.Fprintf(&b, "loss %.4f", r.Loss)
+	if p.tr.Config.Opts.EntropyReg {
 		fmt.Fprintf(&b, " (ce %.4f)", r.CE)
 	}
-	fmt.Fprintf(&b, " %.0f tok/s H/layer", rate)
+	fmt.Fprintf(&b, " %.0f tok/s H/layer", p.rate(r))
 	for _, e := range r.LayerEntropy() {
 		fmt.Fprintf(&b, " %.2f", e)
 	}
-	fmt.Fprintf(&b, " |g| %.2f lr %.2e eta %v", r.GradNorm, r.LR, eta.Round(time.Second))
+	fmt.Fprintf(&b, " |g| %.2f lr %.2e", r.GradNorm, r.LR)
 	return b.String()
 }
 
-func (p *progress) step(r train.StepRecord) {
-	s := p.line(r)
-	if p.tty {
-		pad := ""
-		if len(s) < p.width {
-			pad = strings.Repeat(" ", p.width-len(s))
-		}
-		p.width = len(s)
-		fmt.Fprintf(p.f, "\r%s%s", s, pad)
+func (p *trainProgress) step(r train.StepRecord) {
+	c := p.tr.Config
+	if p.bar != nil && p.bar.pb != nil {
+		p.bar.pb.Describe(p.describe(r))
+		p.bar.set(r.Step, c.Steps)
 		return
 	}
-	if r.Step == 1 || r.Step%p.logEvery == 0 || r.Step == p.tr.Config.Steps {
-		fmt.Fprintln(p.f, s)
+	if r.Step == 1 || r.Step%p.logEvery == 0 || r.Step == c.Steps {
+		eta := time.Duration(float64(int64(c.Steps*c.TokensPerStep())-r.Tokens) / p.rate(r) * float64(time.Second))
+		fmt.Fprintf(p.w, "step %d/%d %s eta %v\n", r.Step, c.Steps, p.describe(r), eta.Round(time.Second))
 	}
 }
 
-func (p *progress) eval(e train.EvalRecord) {
-	if p.tty && p.width > 0 {
-		fmt.Fprintln(p.f)
-		p.width = 0
+func (p *trainProgress) eval(e train.EvalRecord) {
+	if p.bar != nil && p.bar.pb != nil {
+		_ = p.bar.pb.Clear()
 	}
-	fmt.Fprintln(p.f, train.FormatEval(e))
+	fmt.Fprintln(p.w, train.FormatEval(e))
 }
 
-func (p *progress) done() {
-	if p.tty && p.width > 0 {
-		fmt.Fprintln(p.f)
+func (p *trainProgress) done() {
+	if p.bar != nil {
+		p.bar.finish()
 	}
 }
