@@ -133,6 +133,12 @@ type EvalRecord struct {
 // Since shard boundaries and the reduction order do not depend on Workers,
 // neither do the results: the same Config gives bit-identical parameters
 // with 1 or 8 workers (given a deterministic BLAS).
+//
+// MicroBatch is part of the trajectory, not only of the speed: the entropy
+// regularizer is computed on each micro-batch's mean head entropies (then
+// averaged over shards), and floating-point sums follow the shard split.
+// The cross-entropy gradient is the batch mean whatever the split, since all
+// windows hold SeqLen targets.
 type Trainer struct {
 	Config  Config
 	Params  *Params
