@@ -132,8 +132,19 @@ func (ws *Workspace) backward(p *Params, inputs [][]int, B, T int, dE [][]float6
 				dYh := dy[b*T*d+h*dk:]
 				dA := ws.dA[:TT]
 				// dA = dY·Vᵀ, dV = Aᵀ·dY.
-				gemm(false, true, T, T, dk, 1, dYh, d, qkv[base+2*d+h*dk:], 3*d, 0, dA, T)
-				gemm(true, false, T, dk, T, 1, A, T, dYh, d, 0, dqkv[base+2*d+h*dk:], 3*d)
+				Q, K, Vv := qkv[base+h*dk:], qkv[base+d+h*dk:], qkv[base+2*d+h*dk:]
+				dQ, dK, dV := dqkv[base+h*dk:], dqkv[base+d+h*dk:], dqkv[base+2*d+h*dk:]
+				// By row blocks [r0, r1) (keys [0, r1)); the last block, which
+				// covers every key row, goes first and overwrites dK, dV.
+				for r0 := (T - 1) / attnBlock * attnBlock; r0 >= 0; r0 -= attnBlock {
+					r1 := min(r0+attnBlock, T)
+					beta := 1.0
+					if r1 == T {
+						beta = 0
+					}
+					gemm(false, true, r1-r0, r1, dk, 1, dYh[r0*d:], d, Vv, 3*d, 0, dA[r0*T:], T)
+					gemm(true, false, r1, dk, r1-r0, 1, A[r0*T:], T, dYh[r0*d:], d, beta, dV, 3*d)
+				}
 				for i := 0; i < T; i++ {
 					arow := A[i*T : i*T+i+1]
 					drow := dA[i*T : (i+1)*T]
@@ -159,8 +170,15 @@ func (ws *Workspace) backward(p *Params, inputs [][]int, B, T int, dE [][]float6
 					}
 				}
 				// dQ = dR·K, dK = dRᵀ·Q.
-				gemm(false, false, T, dk, T, 1, dA, T, qkv[base+d+h*dk:], 3*d, 0, dqkv[base+h*dk:], 3*d)
-				gemm(true, false, T, dk, T, 1, dA, T, qkv[base+h*dk:], 3*d, 0, dqkv[base+d+h*dk:], 3*d)
+				for r0 := (T - 1) / attnBlock * attnBlock; r0 >= 0; r0 -= attnBlock {
+					r1 := min(r0+attnBlock, T)
+					beta := 1.0
+					if r1 == T {
+						beta = 0
+					}
+					gemm(false, false, r1-r0, dk, r1, 1, dA[r0*T:], T, K, 3*d, 0, dQ[r0*3*d:], 3*d)
+					gemm(true, false, r1, dk, r1-r0, 1, dA[r0*T:], T, Q[r0*3*d:], 3*d, beta, dK, 3*d)
+				}
 			}
 		}
 

@@ -202,6 +202,19 @@ func TestExportMatchesTrainingForward(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
+			for _, blk := range []int{1, 2, 3} {
+				restore := setAttnBlock(blk)
+				other, err := ws.Forward(p, in)
+				restore()
+				if err != nil {
+					t.Fatal(err)
+				}
+				for b := range got {
+					if d := maxDiff(got[b], other[b]); d > 1e-12 {
+						t.Errorf("attention row blocks of %d change the logits by %.3g", blk, d)
+					}
+				}
+			}
 			w, err := p.Export()
 			if err != nil {
 				t.Fatal(err)

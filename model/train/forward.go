@@ -381,6 +381,12 @@ func layerNorm(x []float64, N, d int, g, b []float64, eps float64, xhat, rstd, y
 // GELU (erf form, approx.GELUExact): gelu(x) = x·Φ(x), gelu'(x) = Φ(x) + x·φ(x).
 var invSqrt2Pi = 1 / math.Sqrt(2*math.Pi)
 
+// attnBlock is the row-block size of the causal attention products: a block
+// of query rows [r0, r1) only multiplies keys [0, r1), which skips most of the
+// masked upper triangle. (A variable so that tests can exercise several
+// blocks on tiny sequences.)
+var attnBlock = 32
+
 // entropyEps is the ε inside log(a + ε) of the head entropy (design notes).
 const entropyEps = 1e-9
 
@@ -429,7 +435,12 @@ func (ws *Workspace) forward(p *Params, inputs [][]int, B, T int) {
 				base := b * T * 3 * d
 				S := a.S[(b*H+h)*TT : (b*H+h+1)*TT]
 				A := a.A[(b*H+h)*TT : (b*H+h+1)*TT]
-				gemm(false, true, T, T, dk, 1, qkv[base+h*dk:], 3*d, qkv[base+d+h*dk:], 3*d, 0, S, T)
+				Q, K, Vv := qkv[base+h*dk:], qkv[base+d+h*dk:], qkv[base+2*d+h*dk:]
+				// S = Q·Kᵀ by row blocks: rows [r0, r1) need keys [0, r1).
+				for r0 := 0; r0 < T; r0 += attnBlock {
+					r1 := min(r0+attnBlock, T)
+					gemm(false, true, r1-r0, r1, dk, 1, Q[r0*3*d:], 3*d, K, 3*d, 0, S[r0*T:], T)
+				}
 				var es float64
 				for i := 0; i < T; i++ {
 					srow := S[i*T : i*T+i+1]
@@ -452,7 +463,11 @@ func (ws *Workspace) forward(p *Params, inputs [][]int, B, T int) {
 					clear(arow[i+1:])
 				}
 				ent[h] += es
-				gemm(false, false, T, dk, T, 1, A, T, qkv[base+2*d+h*dk:], 3*d, 0, a.y[b*T*d+h*dk:], d)
+				Y := a.y[b*T*d+h*dk:]
+				for r0 := 0; r0 < T; r0 += attnBlock {
+					r1 := min(r0+attnBlock, T)
+					gemm(false, false, r1-r0, dk, r1, 1, A[r0*T:], T, Vv, 3*d, 0, Y[r0*d:], d)
+				}
 			}
 		}
 

@@ -71,6 +71,8 @@ func lossOf(t *testing.T, p *Params, inputs, targets [][]int) float64 {
 // per element |fd − an| ≤ 1e-5·max(|fd|, |an|) + 1e-9·‖grad‖_∞.
 func gradCheck(t *testing.T, p *Params, inputs, targets [][]int) []Result {
 	t.Helper()
+	// Several causal row blocks on these short sequences.
+	defer setAttnBlock(2)()
 	ws := NewWorkspace(p, len(inputs), len(inputs[0]))
 	res, err := ws.ForwardBackward(p, inputs, targets)
 	if err != nil {
@@ -304,4 +306,12 @@ func TestGradAblations(t *testing.T) {
 			gradCheck(t, p, in, tg)
 		})
 	}
+}
+
+// setAttnBlock sets the attention row-block size and returns a function that
+// restores it (tests of this package do not run in parallel).
+func setAttnBlock(n int) func() {
+	old := attnBlock
+	attnBlock = n
+	return func() { attnBlock = old }
 }
