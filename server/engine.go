@@ -1,0 +1,152 @@
+package server
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"math/rand/v2"
+	"path/filepath"
+	"sort"
+	"strings"
+
+	"github.com/tuneinsight/lattigo/v6/core/rlwe"
+
+	"github.com/entropi-ai/entropi/approx"
+	"github.com/entropi-ai/entropi/engine"
+	"github.com/entropi-ai/entropi/he"
+	"github.com/entropi-ai/entropi/model"
+)
+
+// EngineModel serves an engine under a name.
+func EngineModel(name string, e *engine.Engine, tok *model.Tokenizer) (Model, error) {
+	spec := e.Spec()
+	js, err := spec.Marshal()
+	if err != nil {
+		return nil, err
+	}
+	// The server's own test flag is none of the client's business.
+	var m map[string]any
+	if err := json.Unmarshal(js, &m); err == nil {
+		delete(m, "allow_insecure")
+		if b, err := json.Marshal(m); err == nil {
+			js = b
+		}
+	}
+	req := e.KeyRequest()
+	return &engineModel{e: e, info: ModelInfo{
+		Name: name, Config: e.Config(), Preset: spec.Preset, ClientSideEmbedding: spec.ClientSideEmbedding,
+		InputLevel: spec.InputLevel, GaloisElements: req.GaloisElements(e.Params()), Relinearize: req.Relinearize,
+		Spec: js, Tokenizer: tok,
+	}}, nil
+}
+
+type engineModel struct {
+	e    *engine.Engine
+	info ModelInfo
+}
+
+func (m *engineModel) Info() ModelInfo { return m.info }
+
+func (m *engineModel) NewSession(keys *Keys, refresh RefreshFunc) (ModelSession, error) {
+	s, err := m.e.NewSession(&engine.Keys{Evaluation: keys.Evaluation, Public: keys.Public}, engine.RefreshFunc(refresh))
+	if err != nil {
+		return nil, err
+	}
+	return engineSession{s}, nil
+}
+
+type engineSession struct{ s *engine.Session }
+
+func (s engineSession) Prefill(ctx context.Context, in []*rlwe.Ciphertext) (*rlwe.Ciphertext, error) {
+	return s.s.Prefill(ctx, in)
+}
+
+func (s engineSession) Decode(ctx context.Context, in *rlwe.Ciphertext) (*rlwe.Ciphertext, error) {
+	return s.s.Decode(ctx, in)
+}
+
+func (s engineSession) StatsJSON() ([]byte, error) { return json.Marshal(s.s.Stats()) }
+
+// LoadOptions say how checkpoints become served models.
+type LoadOptions struct {
+	Preset              he.Preset
+	AllowInsecure       bool
+	ClientSideEmbedding bool
+	Workers             int
+	Logger              *slog.Logger
+}
+
+// LoadModels builds an engine for every checkpoint (*.safetensors) in dir;
+// a model is named after its file (without the extension).
+func LoadModels(dir string, opt LoadOptions) ([]Model, error) {
+	files, err := filepath.Glob(filepath.Join(dir, "*.safetensors"))
+	if err != nil {
+		return nil, err
+	}
+	sort.Strings(files)
+	if len(files) == 0 {
+		return nil, fmt.Errorf("no checkpoints (*.safetensors) in %s: train one with `entropi train --out %s/NAME.safetensors`", dir, dir)
+	}
+	var out []Model
+	for _, f := range files {
+		ck, err := model.Load(f)
+		if err != nil {
+			return nil, fmt.Errorf("%s: %w", f, err)
+		}
+		name := strings.TrimSuffix(filepath.Base(f), ".safetensors")
+		m, err := CheckpointModel(name, ck, opt)
+		if err != nil {
+			return nil, fmt.Errorf("%s: %w", f, err)
+		}
+		out = append(out, m)
+	}
+	return out, nil
+}
+
+// CheckpointModel builds the engine of a checkpoint. A checkpoint without
+// calibrated approximations is calibrated on random token sequences (with a
+// warning): ranges seen on real text are better (`entropi eval --save`).
+func CheckpointModel(name string, ck *model.Checkpoint, opt LoadOptions) (Model, error) {
+	if ck == nil || ck.Weights == nil {
+		return nil, errors.New("empty checkpoint")
+	}
+	set := ck.Approx
+	if set == nil {
+		log := opt.Logger
+		if log == nil {
+			log = slog.Default()
+		}
+		log.Warn("checkpoint has no calibrated approximations: calibrating on random tokens", "model", name)
+		var err error
+		if set, err = CalibrateRandom(ck.Weights, 1); err != nil {
+			return nil, err
+		}
+	}
+	e, err := engine.New(ck.Weights, set, engine.Options{Preset: opt.Preset, AllowInsecure: opt.AllowInsecure,
+		ClientSideEmbedding: opt.ClientSideEmbedding, Workers: opt.Workers})
+	if err != nil {
+		return nil, err
+	}
+	return EngineModel(name, e, ck.Tokenizer)
+}
+
+// CalibrateRandom calibrates the approximations of w on random sequences.
+func CalibrateRandom(w *model.Weights, seed uint64) (*approx.Set, error) {
+	cfg := w.Config
+	r := rand.New(rand.NewPCG(seed, 7))
+	seqs := make([][]int, 8)
+	for i := range seqs {
+		seqs[i] = make([]int, cfg.Context)
+		for j := range seqs[i] {
+			seqs[i][j] = r.IntN(cfg.Vocab)
+		}
+	}
+	cal, err := model.Calibrate(w, seqs, model.CalibrateOptions{})
+	if err != nil {
+		return nil, err
+	}
+	return cal.Set, nil
+}
+
