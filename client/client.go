@@ -169,14 +169,14 @@ func (c *Client) Close() error { return c.conn.Close() }
 // Session is a session on the server: this client's keys are uploaded
 // there (public keys only); the secret key stays in Crypto.
 type Session struct {
-	c       *Client
-	Model   *ModelInfo
-	id      string
-	crypto  Crypto
-	params  ckks.Parameters
-	meter   *pb.Meter
+	c        *Client
+	Model    *ModelInfo
+	id       string
+	crypto   Crypto
+	params   ckks.Parameters
+	meter    *pb.Meter
 	setupSec float64
-	maxNew  int
+	maxNew   int
 }
 
 // NewSession generates keys locally for a model and uploads the public

@@ -149,4 +149,3 @@ func CalibrateRandom(w *model.Weights, seed uint64) (*approx.Set, error) {
 	}
 	return cal.Set, nil
 }
-
