@@ -212,10 +212,7 @@ func (c *Client) NewSession(ctx context.Context, name string) (*Session, error) 
 		return nil, err
 	}
 	meter := pb.NewMeter()
-	for _, r := range c.setup.Snapshot() {
-		meter.Add(r.Phase, r.Kind, pb.Up, int(r.Up))
-		meter.Add(r.Phase, r.Kind, pb.Down, int(r.Down))
-	}
+	meter.Merge(c.setup.Snapshot())
 	stream, err := c.rpc.CreateSession(ctx)
 	if err != nil {
 		return nil, fmt.Errorf("entropi: create session: %w", err)
@@ -463,12 +460,8 @@ func (g *clientGen) run(ctx context.Context, prompt []int, n int, smp *model.Sam
 		tr := g.meter.Snapshot()
 		setup := s.meter.Snapshot()
 		all := pb.NewMeter()
-		for _, t := range []pb.Traffic{setup, tr} {
-			for _, r := range t {
-				all.Add(r.Phase, r.Kind, pb.Up, int(r.Up))
-				all.Add(r.Phase, r.Kind, pb.Down, int(r.Down))
-			}
-		}
+		all.Merge(setup)
+		all.Merge(tr)
 		res.Stats.Traffic = all.Snapshot()
 		res.Stats.Setup = PhaseStats{BytesUp: setup.Bytes(pb.PhaseSetup, pb.Up), BytesDown: setup.Bytes(pb.PhaseSetup, pb.Down), Seconds: s.setupSec}
 		res.Stats.Prefill.BytesUp, res.Stats.Prefill.BytesDown = tr.Bytes(pb.PhasePrefill, pb.Up), tr.Bytes(pb.PhasePrefill, pb.Down)

@@ -111,6 +111,23 @@ func (mt *Meter) Add(phase Phase, kind Kind, dir Direction, n int) {
 	c.msgs++
 }
 
+// Merge adds a snapshot's counts (messages included).
+func (mt *Meter) Merge(t Traffic) {
+	mt.mu.Lock()
+	defer mt.mu.Unlock()
+	for _, r := range t {
+		k := meterKey{r.Phase, r.Kind}
+		c := mt.m[k]
+		if c == nil {
+			c = &meterCount{}
+			mt.m[k] = c
+		}
+		c.up += r.Up
+		c.down += r.Down
+		c.msgs += r.Messages
+	}
+}
+
 // Count counts one message and returns its size.
 func (mt *Meter) Count(phase Phase, dir Direction, m proto.Message) int {
 	n := Size(m)

@@ -266,6 +266,12 @@ func TestMeter(t *testing.T) {
 	if tr.Bytes("", Down) == 0 || tr.Bytes(PhaseSetup, Up) != 0 {
 		t.Fatalf("traffic %v", tr)
 	}
+	m2 := NewMeter()
+	m2.Merge(tr)
+	m2.Merge(tr)
+	if r := m2.Snapshot(); r[0].Messages != 2*tr[0].Messages || r[0].Up != 2*tr[0].Up {
+		t.Fatalf("merge: %v", r)
+	}
 	back := TrafficFromProto(tr.Proto())
 	if back.String() != tr.String() {
 		t.Fatalf("proto round trip:\n%v\n%v", back, tr)

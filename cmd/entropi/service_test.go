@@ -1,0 +1,124 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"strings"
+	"testing"
+	"time"
+)
+
+// The service commands on 127.0.0.1 with the insecure test preset and tiny
+// random models (a few seconds of encrypted decoding each).
+
+func TestServeAndGenerate(t *testing.T) {
+	ck, _ := testCheckpoint(t)
+	dir := ck[:strings.LastIndex(ck, "/")]
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	ready := make(chan string, 1)
+	served := make(chan error, 1)
+	var slog bytes.Buffer
+	go func() {
+		served <- serveMain(ctx, []string{"--models", dir, "--addr", "127.0.0.1:0", "--preset", "insecure-test",
+			"--allow-insecure-presets", "--max-sessions", "2", "--session-idle-timeout", "1m"}, &slog, ready)
+	}()
+	var addr string
+	select {
+	case addr = <-ready:
+	case err := <-served:
+		t.Fatalf("serve: %v\n%s", err, slog.String())
+	case <-time.After(60 * time.Second):
+		t.Fatal("server not ready")
+	}
+	var out, errb bytes.Buffer
+	if err := generateMain(ctx, []string{"--server", addr, "--prompt", "func", "--n", "2", "--allow-insecure-presets"}, &out, &errb); err != nil {
+		t.Fatalf("generate: %v\n%s", err, errb.String())
+	}
+	if !strings.HasPrefix(out.String(), "func") {
+		t.Errorf("generate output %q", out.String())
+	}
+	for _, want := range []string{"setup", "prefill", "decode", "refresh_request", "keys"} {
+		if !strings.Contains(errb.String(), want) {
+			t.Errorf("generate summary lacks %q:\n%s", want, errb.String())
+		}
+	}
+	// Without the flag the client refuses the insecure preset.
+	errb.Reset()
+	if err := generateMain(ctx, []string{"--server", addr, "--prompt", "func", "--n", "1"}, &out, &errb); err == nil || !strings.Contains(err.Error(), "insecure") {
+		t.Errorf("client accepted an insecure preset: %v", err)
+	}
+	cancel()
+	if err := <-served; err != nil {
+		t.Fatalf("serve: %v", err)
+	}
+	for _, want := range []string{"model loaded", "session created", "generation ended", "shutting down"} {
+		if !strings.Contains(slog.String(), want) {
+			t.Errorf("server log lacks %q:\n%s", want, slog.String())
+		}
+	}
+}
+
+func TestServeRefusesInsecurePreset(t *testing.T) {
+	ck, _ := testCheckpoint(t)
+	dir := ck[:strings.LastIndex(ck, "/")]
+	var errb bytes.Buffer
+	err := serveMain(context.Background(), []string{"--models", dir, "--preset", "insecure-test"}, &errb, nil)
+	if err == nil || !strings.Contains(err.Error(), "--allow-insecure-presets") {
+		t.Fatalf("serve accepted an insecure preset without the flag: %v", err)
+	}
+	err = serveMain(context.Background(), []string{"--models", t.TempDir(), "--preset", "insecure-test", "--allow-insecure-presets"}, &errb, nil)
+	if err == nil || !strings.Contains(err.Error(), "no checkpoints") {
+		t.Fatalf("serve on an empty directory: %v", err)
+	}
+}
+
+func TestDemoJSON(t *testing.T) {
+	var out, errb bytes.Buffer
+	err := demoMain(context.Background(), []string{"--random", "--random-vocab", "32", "--random-context", "8", "--random-dim", "16",
+		"--random-layers", "1", "--random-heads", "2", "--preset", "insecure-test", "--allow-insecure-presets",
+		"--prompt", "ab", "--n", "2", "--json"}, &out, &errb)
+	if err != nil {
+		t.Fatalf("demo: %v\n%s", err, errb.String())
+	}
+	var rep struct {
+		Model  string `json:"model"`
+		Preset struct {
+			Name         string `json:"name"`
+			LogN         int    `json:"logN"`
+			SecurityBits *int   `json:"security_bits"`
+		} `json:"preset"`
+		PromptTokens     int    `json:"prompt_tokens"`
+		Tokens           []int  `json:"tokens"`
+		Text             string `json:"text"`
+		MatchesPlaintext *bool  `json:"matches_plaintext"`
+		Bytes            struct{ Setup, Up, Down uint64 }
+		Seconds          struct {
+			Setup, Prefill float64
+			PerToken       float64 `json:"per_token"`
+		}
+	}
+	if err := json.Unmarshal(out.Bytes(), &rep); err != nil {
+		t.Fatalf("%v:\n%s", err, out.String())
+	}
+	if rep.Preset.Name != "insecure-test" || rep.Preset.LogN != 12 || rep.Preset.SecurityBits == nil || rep.PromptTokens != 2 ||
+		len(rep.Tokens) != 2 || rep.MatchesPlaintext == nil || rep.Text == "" {
+		t.Fatalf("report %+v", rep)
+	}
+	if rep.Bytes.Setup == 0 || rep.Bytes.Up == 0 || rep.Bytes.Down == 0 || rep.Seconds.Prefill <= 0 || rep.Seconds.PerToken <= 0 {
+		t.Fatalf("report numbers %+v", rep)
+	}
+	t.Logf("%s", out.String())
+}
+
+func TestDemoWithoutModel(t *testing.T) {
+	var out, errb bytes.Buffer
+	err := demoMain(context.Background(), []string{"--preset", "insecure-test", "--allow-insecure-presets"}, &out, &errb)
+	if err == nil || !strings.Contains(err.Error(), "entropi train") || !strings.Contains(err.Error(), "demo --random") {
+		t.Fatalf("demo without a shipped model: %v", err)
+	}
+	if err := demoMain(context.Background(), []string{"--preset", "insecure-test"}, &out, &errb); err == nil || !strings.Contains(err.Error(), "insecure") {
+		t.Fatalf("demo accepted an insecure preset without the flag: %v", err)
+	}
+}
