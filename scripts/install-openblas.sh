@@ -6,7 +6,7 @@
 #   go build -tags openblas ./cmd/entropi
 #
 # The default build (no tag) is pure Go (gonum's native BLAS) and needs none
-# of this; it is about 4x slower per CPU-second for training (measured
+# of this; it is about 4.5x slower per CPU-second for training (measured
 # figures: model/train/loop.go, "BLAS builds").
 set -eu
 SUDO=""

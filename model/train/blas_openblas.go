@@ -5,7 +5,7 @@ package train
 // Built with `-tags openblas` (cgo, Debian's libopenblas-dev: run
 // scripts/install-openblas.sh), every gonum blas64 call of this package, and
 // of the rest of the program, goes to OpenBLAS through gonum.org/v1/netlib.
-// The default build is pure Go (gonum's native BLAS), about 4× slower per
+// The default build is pure Go (gonum's native BLAS), about 4.5× slower per
 // CPU-second for training (measured figures: loop.go, "BLAS builds").
 
 /*

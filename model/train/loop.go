@@ -519,21 +519,25 @@ func (t *Trainer) LogTo(w io.Writer, n int) func(StepRecord) {
 // workers oversubscribes the cores.
 //
 // Throughput at d=256, 4 layers, 4 heads, T=128, V=1024, batch 16 (micro 4),
-// entropy-guided model with the regularizer, measured on the shared 2-core
-// machine while other jobs ran (load average 8–12), so wall-clock figures are
-// low; tokens per CPU-second is the load-independent figure:
+// entropy-guided model with the regularizer (forward/backward as of commit
+// 3ce4789), measured on the shared 2-core machine while other jobs ran (load
+// average 7–12), so wall-clock figures are low and noisy; tokens per
+// CPU-second is the load-independent figure (a threaded OpenBLAS that spins
+// inflates CPU time):
 //
-//	go test [-tags openblas] -run '^$' -bench TrainStep -benchtime 3x ./model/train/
+//	go test [-tags openblas] -run '^$' -bench TrainStep -benchtime 4x ./model/train/
 //
 //	build      workers × BLAS threads   tokens/s (loaded)   tokens/CPU-s
-//	pure Go    1 × 1                   457                 601
-//	pure Go    2 × 1                   223                 588
-//	OpenBLAS   1 × 2                   991                 994
-//	OpenBLAS   2 × 1                   1643                2402
+//	pure Go    1 × 1                   312–457             570–601
+//	pure Go    2 × 1                   223–383             506–588
+//	OpenBLAS   1 × 1                   2133–2137           2519–2673
+//	OpenBLAS   1 × 2                   524–1314            818–1361
+//	OpenBLAS   2 × 1                   912–1947            1774–2402
 //
-// Single-threaded OpenBLAS does ≈2.4k tokens per CPU-second against ≈0.6k
-// for pure Go (4×); two single-threaded workers on an idle 2-core machine
-// should approach 2 × 2.4k (expected, not measured here).
+// Single-threaded OpenBLAS does ≈2.5k tokens per CPU-second against ≈0.55k
+// for pure Go (≈4.5×). On an idle 2-core machine two single-threaded
+// workers should approach 2 × 2.5k (expected, not measured here); under load
+// one single-threaded worker did best.
 
 // BLAS names the BLAS implementation behind gonum's blas64 in this build:
 // "gonum" (pure Go, the default) or "openblas" (go build -tags openblas).

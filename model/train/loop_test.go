@@ -2,6 +2,7 @@ package train
 
 import (
 	"context"
+	"fmt"
 	"math"
 	"math/rand/v2"
 	"path/filepath"
@@ -317,8 +318,12 @@ func TestConfigValidation(t *testing.T) {
 //	go test -run '^$' -bench TrainStep -benchtime 3x ./model/train/
 //	go test -tags openblas -run '^$' -bench TrainStep -benchtime 3x ./model/train/
 func BenchmarkTrainStep(b *testing.B) {
-	for _, workers := range []int{1, 2} {
-		b.Run(map[int]string{1: "workers=1", 2: "workers=2"}[workers], func(b *testing.B) {
+	for _, c := range []struct{ workers, threads int }{{1, 1}, {1, 2}, {2, 1}} {
+		if c.threads > 1 && BLAS == "gonum" {
+			continue // the pure-Go BLAS is single-threaded
+		}
+		workers := c.workers
+		b.Run(fmt.Sprintf("workers=%d/blas-threads=%d", c.workers, c.threads), func(b *testing.B) {
 			cfg := Config{
 				Model: model.EntropyGuided(1024, 128, 256, 4, 4), Opts: Options{EntropyReg: true, Lambda: 1e-5},
 				Seed: 1, Batch: 16, MicroBatch: 4, Steps: 1000, LR: 1e-3, Warmup: 10, AdamW: DefaultAdamW(), Clip: 1, EvalWindows: 1,
@@ -328,7 +333,7 @@ func BenchmarkTrainStep(b *testing.B) {
 			if err != nil {
 				b.Fatal(err)
 			}
-			SetBLASThreads(max(1, 2/workers))
+			SetBLASThreads(c.threads)
 			if _, err := tr.TrainStep(); err != nil { // allocate
 				b.Fatal(err)
 			}
