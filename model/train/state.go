@@ -13,7 +13,8 @@ import (
 )
 
 // The resumable state is one gob file: the Config, every parameter tensor,
-// the spectral-normalization power-iteration vectors, the AdamW moments and
+// the non-trainable buffers (Params.Buffers: spectral-normalization
+// power-iteration vectors), the AdamW moments and
 // step count, the loader's generator state, the step and token counters, the
 // history, and a SHA-256 of the token streams. Floats are stored exactly, so
 // training resumed from a state continues bit-identically to a run that was
@@ -29,7 +30,8 @@ type savedState struct {
 	ElapsedNS int64
 	Names     []string
 	Data      [][]float64
-	Spectral  [][]float64
+	Spectral  [][]float64 // Params.Buffers, in order
+	BufNames  []string
 	M, V      [][]float64
 	OptSteps  int
 	Loader    []byte
@@ -39,17 +41,20 @@ type savedState struct {
 	Meta      map[string]string
 }
 
-// spectralVectors returns the power-iteration vectors of the spectral
-// normalization in a fixed order (block, then matrix kind); they are state,
-// not parameters.
+// spectralVectors returns the non-trainable state (Params.Buffers: the
+// spectral-normalization power-iteration vectors), aliasing it.
 func spectralVectors(p *Params) [][]float64 {
 	var out [][]float64
-	for _, b := range p.blocks {
-		for _, lin := range b.lin {
-			if lin != nil && lin.u != nil {
-				out = append(out, lin.u)
-			}
-		}
+	for _, b := range p.Buffers() {
+		out = append(out, b.Data)
+	}
+	return out
+}
+
+func bufferNames(p *Params) []string {
+	var out []string
+	for _, b := range p.Buffers() {
+		out = append(out, b.Name)
 	}
 	return out
 }
@@ -83,7 +88,7 @@ func (t *Trainer) SaveState(path string) error {
 	}
 	s := savedState{
 		Format: stateFormat, Config: t.Config, Step: t.Step, Tokens: t.Tokens, ElapsedNS: int64(t.Elapsed),
-		Data: t.data, Spectral: spectralVectors(t.Params), M: t.Opt.M, V: t.Opt.V, OptSteps: t.Opt.Steps,
+		Data: t.data, Spectral: spectralVectors(t.Params), BufNames: bufferNames(t.Params), M: t.Opt.M, V: t.Opt.V, OptSteps: t.Opt.Steps,
 		Loader: ls, History: t.History, Evals: t.Evals, DataHash: t.dataHash, Meta: t.Meta,
 	}
 	for _, q := range t.Params.List {
@@ -136,15 +141,15 @@ func ResumeTrainer(path string, train, heldOut []int32, workers int) (*Trainer, 
 		}
 		copy(q.Data, s.Data[i])
 	}
-	us := spectralVectors(p)
-	if len(us) != len(s.Spectral) {
-		return nil, fmt.Errorf("train: state %s holds %d spectral vectors, want %d", path, len(s.Spectral), len(us))
+	bufs := p.Buffers()
+	if len(bufs) != len(s.Spectral) || len(bufs) != len(s.BufNames) {
+		return nil, fmt.Errorf("train: state %s holds %d buffers, want %d", path, len(s.Spectral), len(bufs))
 	}
-	for i, u := range us {
-		if len(u) != len(s.Spectral[i]) {
-			return nil, fmt.Errorf("train: state %s: spectral vector %d has %d values, want %d", path, i, len(s.Spectral[i]), len(u))
+	for i, b := range bufs {
+		if b.Name != s.BufNames[i] || len(b.Data) != len(s.Spectral[i]) {
+			return nil, fmt.Errorf("train: state %s: buffer %d is %s[%d], want %s[%d]", path, i, s.BufNames[i], len(s.Spectral[i]), b.Name, len(b.Data))
 		}
-		copy(u, s.Spectral[i])
+		copy(b.Data, s.Spectral[i])
 	}
 	t, err := newTrainer(cfg, p, train, heldOut, workers)
 	if err != nil {
