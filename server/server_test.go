@@ -35,6 +35,11 @@ func quietLogger() *slog.Logger { return slog.New(slog.NewTextHandler(io.Discard
 
 func start(t *testing.T, cfg server.Config, models ...server.Model) *harness {
 	t.Helper()
+	return startWith(t, cfg, nil, models...)
+}
+
+func startWith(t *testing.T, cfg server.Config, opts []grpc.ServerOption, models ...server.Model) *harness {
+	t.Helper()
 	cfg.AllowInsecure = true
 	if cfg.Logger == nil {
 		cfg.Logger = quietLogger()
@@ -49,7 +54,7 @@ func start(t *testing.T, cfg server.Config, models ...server.Model) *harness {
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
-	go func() { done <- srv.Serve(ctx, lis, 2*time.Second) }()
+	go func() { done <- srv.Serve(ctx, lis, 2*time.Second, opts...) }()
 	h := &harness{srv: srv, addr: lis.Addr().String()}
 	var once sync.Once
 	h.stop = func() {
