@@ -45,7 +45,9 @@ func TestTLS(t *testing.T) {
 	cert, pool := selfSigned(t)
 	creds := credentials.NewTLS(&tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12})
 	h := startWith(t, server.Config{}, []grpc.ServerOption{grpc.Creds(creds)}, fakeModel(t))
-	fake := func(info *client.ModelInfo, allow bool) (client.Crypto, error) { return servertest.NewCrypto(info.Spec, allow) }
+	fake := func(info *client.ModelInfo, allow bool) (client.Crypto, error) {
+		return servertest.NewCrypto(info.Spec, allow)
+	}
 	c, err := client.Dial(context.Background(), h.addr, &client.Options{AllowInsecurePresets: true, NewCrypto: fake,
 		TLS: &tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS12}})
 	if err != nil {
