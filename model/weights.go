@@ -109,7 +109,10 @@ func NewRandom(cfg Config, seed uint64) (*Weights, error) {
 	case FinalLayerNorm:
 		w.LNFG, w.LNFB = ones(d), make([]float64, d)
 	case FinalScale:
-		w.FinalScale = 1 / math.Sqrt(float64(d))
+		// Tied unit-scale embeddings: with 1/√d every position strongly
+		// predicts its own input token (initial CE 15.6 ≫ ln V at d=256);
+		// 1/d starts near uniform logits.
+		w.FinalScale = 1 / float64(d)
 	}
 	return w, nil
 }
