@@ -632,3 +632,31 @@ func TestGracefulShutdown(t *testing.T) {
 		t.Fatal("a stopped server created a session")
 	}
 }
+
+func TestConcurrentSessions(t *testing.T) {
+	h := start(t, server.Config{}, fakeModel(t))
+	c := dialFake(t, h.addr)
+	errs := make(chan error, 3)
+	for i := range 3 {
+		go func() {
+			s, err := c.NewSession(context.Background(), "")
+			if err != nil {
+				errs <- err
+				return
+			}
+			defer s.Close()
+			prompt := []int{i, 2 * i}
+			res, err := s.Generate(context.Background(), prompt, 4, client.GenerateOptions{}, nil)
+			if err == nil && !equalInts(res.Tokens, servertest.Greedy(prompt, 4)) {
+				err = errors.New("wrong tokens in a concurrent session")
+			}
+			errs <- err
+		}()
+	}
+	for range 3 {
+		if err := <-errs; err != nil {
+			t.Fatal(err)
+		}
+	}
+	waitSessions(t, h.srv, 0)
+}
