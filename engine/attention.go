@@ -105,6 +105,7 @@ func (b *backend) Attention(layer int, qkv *val, pos0 int, scoreScale *mat.Dense
 		scores[c] = b.addVec(s, fill)
 	}
 	b.end(lq - 2)
+	b.trace(name+".scores", scores[0])
 
 	// 3. Exp.
 	ex := e.set.Exp
@@ -143,6 +144,8 @@ func (b *backend) Attention(layer int, qkv *val, pos0 int, scoreScale *mat.Dense
 	}
 	den = b.addVec(den, fill)
 	b.end(den.level)
+	b.trace(name+".exp", es[0])
+	b.trace(name+".den", den)
 
 	// 5. Reciprocal and weights.
 	r := b.recip(name+".recip", den)
@@ -154,6 +157,8 @@ func (b *backend) Attention(layer int, qkv *val, pos0 int, scoreScale *mat.Dense
 		ws[c] = b.mulRelin(all[c], r)
 	}
 	b.end(ws[0].level)
+	b.trace(name+".recip", r)
+	b.trace(name+".weights", ws[0])
 
 	// 6. Weighted sum of values.
 	b.begin(name+".values", "attention", ws[0].level)
@@ -177,6 +182,7 @@ func (b *backend) Attention(layer int, qkv *val, pos0 int, scoreScale *mat.Dense
 		out = &cval{ct: ct, level: ct.Level()}
 	}
 	b.end(out.level)
+	b.trace(name+".out", out)
 	return plain(out)
 }
 

@@ -88,6 +88,14 @@ func (b *backend) end(levelOut int) {
 	}
 }
 
+// trace hands an intermediate ciphertext to the session's debug hook (tests).
+func (b *backend) trace(what string, x *cval) {
+	if b.dry || b.s == nil || b.s.debug == nil || x == nil || x.ct == nil || b.err != nil {
+		return
+	}
+	b.s.debug(what, x.ct)
+}
+
 func (b *backend) op() *PlanOp {
 	if b.cur < 0 {
 		b.begin("?", "?", 0)
@@ -173,7 +181,20 @@ func (b *backend) ensure(parts []*cval, depth, minOut int, pre bool) []*cval {
 			maps = append(maps, b.e.preMap)
 		}
 	}
-	res, err := b.s.refresher.Refresh(b.ctx, cts, he.RefreshOptions{Level: target, Maps: maps})
+	// Without a slot map, keep the input scale when all inputs share it:
+	// the refresh then takes the exact integer path (no big-float
+	// re-encoding on either side).
+	ro := he.RefreshOptions{Level: target, Maps: maps}
+	if !pre {
+		same := true
+		for _, ct := range cts[1:] {
+			same = same && ct.Scale.Equal(cts[0].Scale)
+		}
+		if same {
+			ro.Scale = cts[0].Scale
+		}
+	}
+	res, err := b.s.refresher.Refresh(b.ctx, cts, ro)
 	if err != nil {
 		b.fail(fmt.Errorf("engine: refresh before %s: %w", o.Op, err))
 		return out
@@ -184,6 +205,8 @@ func (b *backend) ensure(parts []*cval, depth, minOut int, pre bool) []*cval {
 	}
 	for j, i := range idx {
 		out[i] = &cval{ct: res[j], level: res[j].Level(), pre: pre}
+		b.trace(fmt.Sprintf("refresh-in %s #%d", o.Op, j), parts[i])
+		b.trace(fmt.Sprintf("refresh-out %s #%d", o.Op, j), out[i])
 	}
 	return out
 }
@@ -404,6 +427,9 @@ func (b *backend) Linear(name string, x *val, w *mat.Dense, bias []float64) *val
 		}
 	}
 	b.end(outs[0].level)
+	for i, o := range outs {
+		b.trace(fmt.Sprintf("%s[%d]", name, i), o)
+	}
 	return &val{parts: outs}
 }
 
@@ -535,6 +561,9 @@ func (b *backend) Activate(x *val, act string) *val {
 		return pe.EvalGELU(ct, g)
 	})
 	b.end(out[0].level)
+	for i, o := range out {
+		b.trace(fmt.Sprintf("gelu[%d]", i), o)
+	}
 	return &val{parts: out}
 }
 
@@ -595,11 +624,15 @@ func (b *backend) LayerNorm(name string, x *val, g, bb []float64, eps float64) *
 	t := b.mulVec(v, b.e.constVec(1/float64(d)))
 	t = b.addVec(t, b.e.constVec(eps))
 	b.end(t.level)
+	b.trace(name+".c", c)
+	b.trace(name+".var+eps", t)
 	r := b.invSqrt(name, t)
+	b.trace(name+".invsqrt", r)
 	b.begin(name+".scale", "norm", min(c.level, r.level))
 	cr := b.ensure([]*cval{c, r}, 1, b.e.maskLevel, false)
 	y := b.mulRelin(cr[0], cr[1])
 	b.end(y.level)
+	b.trace(name+".y", y)
 	return &val{parts: []*cval{y}, gain: append([]float64(nil), g...), bias: append([]float64(nil), bb...)}
 }
 
@@ -679,6 +712,7 @@ func (b *backend) recip(name string, x *cval) *cval {
 		return pe.EvalChebyshev(ct, r.Init, rlwe.Scale{})
 	})[0]
 	b.end(y.level)
+	b.trace(name+".init", y)
 	for i := 0; i < r.Iters; i++ {
 		b.begin(fmt.Sprintf("%s.newton%d", name, i), "recip", min(p.level, y.level))
 		xy := b.ensure([]*cval{p, y}, 2, m, false)
@@ -687,6 +721,7 @@ func (b *backend) recip(name string, x *cval) *cval {
 		t = b.negAddConst(t, 2)
 		y = b.mulRelin(y, t)
 		b.end(y.level)
+		b.trace(fmt.Sprintf("%s.newton%d", name, i), y)
 	}
 	return y
 }
@@ -741,6 +776,7 @@ func (b *backend) invSqrt(name string, x *cval) *cval {
 		d := b.mulVec(y, b.e.constVec(1.5))
 		y = b.sub(d, c)
 		b.end(y.level)
+		b.trace(fmt.Sprintf("%s.invsqrt.newton%d", name, i), y)
 	}
 	return y
 }

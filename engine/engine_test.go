@@ -28,6 +28,12 @@ type fixture struct {
 	sess   *Session
 }
 
+// testCalibration widens the positive ranges (random models reach softmax
+// denominators beyond the calibration sample) and accepts 1e-3 relative
+// error in 1/x and 1/√x (fewer Newton steps; the comparison is against the
+// same polynomials in float64, so it does not loosen the test).
+var testCalibration = model.CalibrateOptions{RatioMargin: 4, RecipTol: 1e-3, InvSqrtTol: 1e-3}
+
 func tinyConfig(kind string) model.Config {
 	if kind == "baseline" {
 		return model.Baseline(64, 32, 32, 2, 2)
@@ -51,7 +57,7 @@ func newFixture(t testing.TB, cfg model.Config, preset he.Preset, opts Options) 
 	t.Helper()
 	w, err := model.NewRandom(cfg, 1)
 	require.NoError(t, err)
-	cal, err := model.Calibrate(w, randomSeqs(cfg, 8, cfg.Context, 2), model.CalibrateOptions{})
+	cal, err := model.Calibrate(w, randomSeqs(cfg, 16, cfg.Context, 2), testCalibration)
 	require.NoError(t, err)
 	opts.Preset, opts.AllowInsecure = preset, true
 	t0 := time.Now()
@@ -111,62 +117,68 @@ func TestPlanDryRun(t *testing.T) {
 
 // The encrypted decoder matches the approximation backend (same
 // polynomials in float64) and greedy decoding picks the same tokens.
+// Stated bound: every logit within 1% of the logit spread (max − min) of
+// the approximation backend; measured errors are ~1e-4 of the spread.
 func testMatch(t *testing.T, kind string) {
+	t.Parallel()
 	cfg := tinyConfig(kind)
 	f := newFixture(t, cfg, he.InsecureTest, Options{})
+	ctx := context.Background()
+	const steps = 16
+	prompt := randomSeqs(cfg, 1, 8, 99)[0]
+
+	// Reference run first: greedy tokens, logits, range violations.
 	ref, err := model.NewApprox(cfg, f.set)
 	require.NoError(t, err)
 	rs := model.NewSession(f.w, ref)
-	ctx := context.Background()
+	pl, err := rs.Prefill(prompt)
+	require.NoError(t, err)
+	wantLogits := [][]float64{append([]float64(nil), pl.RawRowView(len(prompt)-1)...)}
+	var wantToks []int
+	for s := 0; s < steps; s++ {
+		tok := argmax(wantLogits[s])
+		wantToks = append(wantToks, tok)
+		l, err := rs.Step(tok)
+		require.NoError(t, err)
+		wantLogits = append(wantLogits, append([]float64(nil), l...))
+	}
+	viol := ref.Ranges.Violations()
+	t.Logf("%s reference ranges:\n%s", kind, ref.Ranges)
+	require.Zero(t, viol, "approximation range violations in the reference run: the calibration does not cover this prompt")
 
-	prompt := randomSeqs(cfg, 1, 8, 99)[0]
 	cts, err := f.client.EncryptPrompt(prompt)
 	require.NoError(t, err)
 	out, err := f.sess.Prefill(ctx, cts)
 	require.NoError(t, err)
-	want, err := rs.Prefill(prompt)
-	require.NoError(t, err)
-	got, err := f.client.DecryptLogits(out)
-	require.NoError(t, err)
-	wantLast := want.RawRowView(len(prompt) - 1)
-
 	var maxErr, maxRel float64
-	check := func(got, want []float64) {
+	var gotToks []int
+	for s := 0; ; s++ {
+		got, err := f.client.DecryptLogits(out)
+		require.NoError(t, err)
+		want := wantLogits[s]
 		var e float64
 		for i := range want {
 			e = math.Max(e, math.Abs(got[i]-want[i]))
 		}
-		maxErr = math.Max(maxErr, e)
-		maxRel = math.Max(maxRel, e/spread(want))
-		require.Less(t, e, 0.01*spread(want), "logit error %.3g vs spread %.3g", e, spread(want))
+		maxErr, maxRel = math.Max(maxErr, e), math.Max(maxRel, e/spread(want))
+		require.Less(t, e, 0.01*spread(want), "step %d: logit error %.3g vs spread %.3g", s, e, spread(want))
+		if s == steps {
+			break
+		}
+		tok := argmax(got)
+		gotToks = append(gotToks, tok)
+		ct, err := f.client.EncryptToken(tok, len(prompt)+s)
+		require.NoError(t, err)
+		out, err = f.sess.Decode(ctx, ct)
+		require.NoError(t, err)
 	}
-	check(got, wantLast)
-	const steps = 16
-	tokE, tokP := argmax(got), argmax(wantLast)
-	var genE, genP []int
-	for s := 0; s < steps; s++ {
-		genE, genP = append(genE, tokE), append(genP, tokP)
-		ct, err := f.client.EncryptToken(tokE, len(prompt)+s)
-		require.NoError(t, err)
-		out, err := f.sess.Decode(ctx, ct)
-		require.NoError(t, err)
-		got, err := f.client.DecryptLogits(out)
-		require.NoError(t, err)
-		want, err := rs.Step(tokP)
-		require.NoError(t, err)
-		check(got, want)
-		tokE, tokP = argmax(got), argmax(want)
-	}
-	require.Equal(t, genP, genE, "greedy tokens")
-	viol := ref.Ranges.Violations()
-	t.Logf("%s: max logit error %.3g (%.2e of the logit spread), greedy %v, range violations %d", kind, maxErr, maxRel, genE, viol)
-	t.Logf("ranges: %s", ref.Ranges)
+	require.Equal(t, wantToks, gotToks, "greedy tokens")
+	t.Logf("%s: max logit error %.3g (%.2e of the logit spread) over %d positions, greedy %v", kind, maxErr, maxRel, steps+1, gotToks)
 	st := f.sess.Stats()
 	dec, n := st.Phase("decode")
 	t.Logf("decode: %d tokens, %v/token, %d rotations/token, %d ct×ct/token, %d refresh rounds/token", n,
 		dec.Time/time.Duration(n), dec.Rotations/int64(n), dec.CtCt/int64(n), dec.Refreshes/n)
 	t.Logf("last token: %v", &st.Tokens[len(st.Tokens)-1])
-	require.Zero(t, viol, "approximation range violations")
 }
 
 func TestEntropyGuidedMatchesApprox(t *testing.T) { testMatch(t, "entropy-guided") }

@@ -25,6 +25,7 @@ type Session struct {
 	flooder   *he.Flooder
 	caches    []*he.KVCache
 	workers   int
+	debug     func(op string, ct *rlwe.Ciphertext) // tests: intermediate values
 
 	mu     sync.Mutex
 	pos    int
