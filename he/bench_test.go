@@ -424,14 +424,20 @@ func BenchmarkSizes(b *testing.B) {
 	}
 }
 
-// BenchmarkAcceptanceN14 is the project's acceptance measurement: at
-// n14-128, top level, single core, the replication-aware 256×256 product
+// BenchmarkAcceptance is the project's acceptance measurement (n14-128;
+// n15-128 for reference): top level, single core, the replication-aware 256×256 product
 // and Lattigo's generic linear transformation (same matrix, same vector,
 // same rescale) are timed alternately inside one loop, so machine load
 // drifts hit both alike. Reports both medians and their ratio.
-func BenchmarkAcceptanceN14(b *testing.B) {
+func BenchmarkAcceptance(b *testing.B) {
+	for _, p := range benchPresets {
+		b.Run(p.Name, func(b *testing.B) { benchAcceptance(b, p) })
+	}
+}
+
+func benchAcceptance(b *testing.B, p Preset) {
 	const d = 256
-	env := getBenchEnv(b, N14)
+	env := getBenchEnv(b, p)
 	env.release()
 	params := env.params
 	slots, level := params.MaxSlots(), params.MaxLevel()
