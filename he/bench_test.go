@@ -470,6 +470,15 @@ func benchAcceptance(b *testing.B, p Preset) {
 		b.Fatal(err)
 	}
 	rots := append(mv.Rotations(), rotationsOf(params, lt.GaloisElements(params))...)
+	// At n14-128 the plain BSGS product (replicated input) joins the
+	// alternation, to compare it with lintrans under the same load.
+	var bsgs *MatVec
+	if p.Name == N14.Name {
+		if bsgs, err = NewPlanner(params).Replicated(w, d, d, level); err != nil {
+			b.Fatal(err)
+		}
+		rots = append(rots, bsgs.Rotations()...)
+	}
 	e, _ := env.evaluator(b, rots, false, 1, level)
 	ltEval := lintrans.NewEvaluator(e.Eval)
 	runLT := func() *rlwe.Ciphertext {
@@ -491,8 +500,15 @@ func benchAcceptance(b *testing.B, p Preset) {
 	}
 	env.checkResult(b, runLT(), want, "lintrans")
 	env.checkResult(b, runPre(), want, "pre-rotated")
+	if bsgs != nil {
+		out, err := e.EvaluateOne(bsgs, inRep)
+		if err != nil {
+			b.Fatal(err)
+		}
+		env.checkResult(b, out, want, "bsgs")
+	}
 	b.Run("alternating", func(b *testing.B) {
-		var tPre, tLT []float64
+		var tPre, tLT, tBSGS []float64
 		for i := 0; i < b.N; i++ {
 			t0 := time.Now()
 			runPre()
@@ -500,6 +516,17 @@ func benchAcceptance(b *testing.B, p Preset) {
 			runLT()
 			tPre = append(tPre, float64(t1.Sub(t0).Nanoseconds()))
 			tLT = append(tLT, float64(time.Since(t1).Nanoseconds()))
+			if bsgs != nil {
+				t2 := time.Now()
+				if _, err := e.EvaluateOne(bsgs, inRep); err != nil {
+					b.Fatal(err)
+				}
+				tBSGS = append(tBSGS, float64(time.Since(t2).Nanoseconds()))
+			}
+		}
+		if len(tBSGS) > 0 {
+			slices.Sort(tBSGS)
+			b.ReportMetric(tBSGS[len(tBSGS)/2]/1e6, "bsgs-ms")
 		}
 		slices.Sort(tPre)
 		slices.Sort(tLT)
