@@ -21,7 +21,12 @@ import (
 // …, Slots/2. Every ct×ct product is relinearized (one key-switch).
 type Attention struct {
 	Layout KVLayout
-	params ckks.Parameters
+	// RotLevel is the highest ciphertext level at which the primitives
+	// rotate (for keys generated with KeyOptions.AtUsedLevels): at most
+	// cache level − 1, since every rotation follows a ct×ct product or a
+	// mask. Negative (the default): unknown, keys go to the top level.
+	RotLevel int
+	params   ckks.Parameters
 
 	mu    sync.Mutex
 	enc   *ckks.Encoder
@@ -34,7 +39,7 @@ func NewAttention(params ckks.Parameters, d, heads int) (*Attention, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &Attention{Layout: l, params: params, enc: ckks.NewEncoder(params), masks: map[[3]int]*rlwe.Plaintext{}}, nil
+	return &Attention{Layout: l, RotLevel: -1, params: params, enc: ckks.NewEncoder(params), masks: map[[3]int]*rlwe.Plaintext{}}, nil
 }
 
 func (a *Attention) segmentRotations() (r []int) {
@@ -57,6 +62,9 @@ func (a *Attention) positionRotations() (r []int) {
 	}
 	return
 }
+
+// KeyLevel implements Leveled (see RotLevel).
+func (a *Attention) KeyLevel() int { return a.RotLevel }
 
 // Rotations lists all rotations used by the primitives.
 func (a *Attention) Rotations() []int {

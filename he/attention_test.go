@@ -19,11 +19,20 @@ func TestAttentionPrimitives(t *testing.T) {
 	require.NoError(t, err)
 	lay := att.Layout
 	require.Equal(t, 32, lay.TokensPerCt())
-	e, cnt := tc.evaluator(t, true, att)
-	rep := Replicated{D: d, Period: lay.Period, Slots: slots}
-
 	top := tc.params.MaxLevel()
 	cacheLevel := top - 2
+	// keys only up to the level where the attention rotations happen
+	att.RotLevel = cacheLevel - 1
+	req := NewKeyRequest(tc.params)
+	req.Add(top, att)
+	req.AddRelin(top)
+	keys, err := tc.ck.GenEvaluationKeys(req, KeyOptions{AtUsedLevels: true, Compressed: true})
+	require.NoError(t, err)
+	cnt := &Counters{}
+	e, err := NewEvaluator(tc.params, keys, cnt)
+	require.NoError(t, err)
+	rep := Replicated{D: d, Period: lay.Period, Slots: slots}
+
 	cache := att.NewKVCache(cacheLevel)
 	n := 37 // crosses into a second cache ciphertext
 	ks, vs := make([][]float64, n), make([][]float64, n)

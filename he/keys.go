@@ -128,11 +128,11 @@ func (r *KeyRequest) AddRelin(level int) {
 }
 
 // Add records the rotations of planned operations, at their KeyLevel when
-// they implement Leveled and at level maxLevel otherwise.
+// they implement Leveled (and report a level ≥ 0) and at maxLevel otherwise.
 func (r *KeyRequest) Add(maxLevel int, ops ...RotationUser) {
 	for _, op := range ops {
 		l := maxLevel
-		if lv, ok := op.(Leveled); ok {
+		if lv, ok := op.(Leveled); ok && lv.KeyLevel() >= 0 {
 			l = lv.KeyLevel()
 		}
 		r.AddRotations(l, op.Rotations()...)
