@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"time"
 
+	"github.com/entropi-ai/entropi/approx"
 	"github.com/entropi-ai/entropi/he"
 	"github.com/tuneinsight/lattigo/v6/core/rlwe"
 	"gonum.org/v1/gonum/mat"
@@ -135,7 +136,11 @@ func (b *backend) Attention(layer int, qkv *val, pos0 int, scoreScale *mat.Dense
 		den = b.add(den, x)
 	}
 	den = b.foldRot(den, pow2Rots(period, lay.Slots))
-	rmid := mid(e.set.Recip.Range())
+	// approx.Set.Softmax normalizes by the mean exp-score: r = Recip(Σ/n)/n.
+	// Both 1/n factors fold into the reciprocal (recipN), which then takes
+	// the sum directly: no level is spent on them.
+	rn := recipN(e.set.Recip, n)
+	rmid := mid(rn.Range())
 	fill := make([]float64, lay.Slots)
 	for i := range fill {
 		if i%period >= heads*dk || (i%period)%dk != 0 {
@@ -148,7 +153,7 @@ func (b *backend) Attention(layer int, qkv *val, pos0 int, scoreScale *mat.Dense
 	b.trace(name+".den", den)
 
 	// 5. Reciprocal and weights.
-	r := b.recip(name+".recip", den)
+	r := b.recip(name+".recip", den, rn)
 	b.begin(name+".weights", "attention", min(r.level, es[0].level))
 	all := b.ensure(append(append([]*cval(nil), es...), r), 2, m, false)
 	r = all[len(all)-1]
@@ -184,6 +189,21 @@ func (b *backend) Attention(layer int, qkv *val, pos0 int, scoreScale *mat.Dense
 	b.end(out.level)
 	b.trace(name+".out", out)
 	return plain(out)
+}
+
+// recipN returns the reciprocal approximation of x ↦ Recip(x/n)/n (the
+// softmax factor from the sum of exp-scores): the initial guess is the same
+// Chebyshev series on [n·lo, n·hi] with coefficients divided by n, and
+// Newton's step for 1/x commutes with the scaling (y = n·z: y·(2 − (x/n)·y)
+// = n·z·(2 − x·z)), so Eval equals Recip.Eval(x/n)/n exactly in real
+// arithmetic.
+func recipN(r approx.Reciprocal, n int) approx.Reciprocal {
+	fn := float64(n)
+	c := make([]float64, len(r.Init.Coeffs))
+	for i, v := range r.Init.Coeffs {
+		c[i] = v / fn
+	}
+	return approx.Reciprocal{Init: approx.Chebyshev{Lo: r.Init.Lo * fn, Hi: r.Init.Hi * fn, Coeffs: c}, Iters: r.Iters}
 }
 
 func negs(r []int) []int {

@@ -7,6 +7,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/entropi-ai/entropi/approx"
 	"github.com/entropi-ai/entropi/he"
 	"github.com/entropi-ai/entropi/model"
 	"github.com/tuneinsight/lattigo/v6/core/rlwe"
@@ -692,8 +693,7 @@ func (e *Engine) replicatePeriod(x []float64, period int) []float64 {
 // scale walk) when its depth fits between refreshes, else the Chebyshev
 // initial guess and then the Newton steps y ← y·(2 − x·y), refreshing
 // x and y between steps as needed.
-func (b *backend) recip(name string, x *cval) *cval {
-	r := b.e.set.Recip
+func (b *backend) recip(name string, x *cval, r approx.Reciprocal) *cval {
 	m := b.e.maskLevel
 	if b.e.params.MaxLevel()-r.Depth() >= m {
 		b.begin(name, "recip", x.level)

@@ -96,6 +96,13 @@ func New(w *model.Weights, set *approx.Set, opts Options) (*Engine, error) {
 			e.preMap.Src[s] = int32(lay.Index(s))
 		}
 	}
+	// The softmax reciprocal is evaluated as recipN(n) for n = 1…context
+	// positions; its depth must not depend on n (the plan is per step).
+	for n := 2; n <= cfg.Context; n++ {
+		if recipN(set.Recip, n).Depth() != recipN(set.Recip, 1).Depth() {
+			return nil, fmt.Errorf("engine: the reciprocal's change of variable costs a level for some positions only (range [%g, %g]); widen its range slightly", set.Recip.Init.Lo, set.Recip.Init.Hi)
+		}
+	}
 	for _, c := range []approx.Chebyshev{set.Exp.Poly, set.Recip.Init} {
 		if c.Depth() > params.MaxLevel() {
 			return nil, fmt.Errorf("engine: a Chebyshev approximation of depth %d exceeds the %d levels of %s", c.Depth(), params.MaxLevel(), opts.Preset.Name)
@@ -107,7 +114,7 @@ func New(w *model.Weights, set *approx.Set, opts Options) (*Engine, error) {
 	e.mask = opts.Mask
 	if e.mask.Lambda == 0 {
 		e.mask = he.DefaultMaskOptions()
-		e.mask.ValueBound = valueBound(set)
+		e.mask.ValueBound = valueBound(set, cfg.Context)
 	}
 	_, throwaway := rlwe.NewKeyGenerator(params).GenKeyPairNew() // planning only: the mask level needs no real key
 	mr, err := he.NewMaskedRefresher(params, throwaway, func(context.Context, *he.RefreshRequest) (*he.RefreshResponse, error) {
@@ -139,13 +146,13 @@ func New(w *model.Weights, set *approx.Set, opts Options) (*Engine, error) {
 // valueBound is a bound on every slot value a refresh may see: the ranges
 // of the approximations (inputs and outputs) and the residual stream, with
 // a factor 2 margin, at least 1024.
-func valueBound(set *approx.Set) float64 {
+func valueBound(set *approx.Set, context int) float64 {
 	v := 1024.0
 	lo, hi := set.Exp.Range()
 	v = math.Max(v, 2*math.Max(math.Abs(lo), math.Abs(hi)))
 	v = math.Max(v, 2*math.Exp(hi))
 	rlo, rhi := set.Recip.Range()
-	v = math.Max(v, 2*math.Max(rhi, 1/rlo))
+	v = math.Max(v, 2*math.Max(rhi*float64(context), 1/rlo)) // sums of up to context exp-scores
 	if set.InvSqrt != nil {
 		lo, hi := set.InvSqrt.Range()
 		v = math.Max(v, 2*math.Max(hi, 1/math.Sqrt(lo)))
