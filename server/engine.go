@@ -71,6 +71,8 @@ func (s engineSession) StatsJSON() ([]byte, error) { return json.Marshal(s.s.Sta
 
 // LoadOptions say how checkpoints become served models.
 type LoadOptions struct {
+	// Preset is the CKKS preset; the zero value picks the first of
+	// AutoPresets whose levels hold the model's approximations.
 	Preset              he.Preset
 	AllowInsecure       bool
 	ClientSideEmbedding bool
@@ -124,12 +126,35 @@ func CheckpointModel(name string, ck *model.Checkpoint, opt LoadOptions) (Model,
 			return nil, err
 		}
 	}
-	e, err := engine.New(ck.Weights, set, engine.Options{Preset: opt.Preset, AllowInsecure: opt.AllowInsecure,
-		ClientSideEmbedding: opt.ClientSideEmbedding, Workers: opt.Workers})
+	e, err := NewEngine(ck.Weights, set, opt)
 	if err != nil {
 		return nil, err
 	}
 	return EngineModel(name, e, ck.Tokenizer)
+}
+
+// AutoPresets are tried in order when no preset is given: the smaller ring
+// first (faster, smaller keys), the larger when the approximations need
+// more levels between refreshes.
+var AutoPresets = []he.Preset{he.N14, he.N15}
+
+// NewEngine builds the engine at opt.Preset, or at the first of AutoPresets
+// that fits when opt.Preset is the zero value.
+func NewEngine(w *model.Weights, set *approx.Set, opt LoadOptions) (*engine.Engine, error) {
+	presets := []he.Preset{opt.Preset}
+	if opt.Preset.Name == "" {
+		presets = AutoPresets
+	}
+	var errs []string
+	for _, p := range presets {
+		e, err := engine.New(w, set, engine.Options{Preset: p, AllowInsecure: opt.AllowInsecure,
+			ClientSideEmbedding: opt.ClientSideEmbedding, Workers: opt.Workers})
+		if err == nil {
+			return e, nil
+		}
+		errs = append(errs, fmt.Sprintf("%s: %v", p.Name, err))
+	}
+	return nil, errors.New(strings.Join(errs, "; "))
 }
 
 // CalibrateRandom calibrates the approximations of w on random sequences.

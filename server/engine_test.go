@@ -284,3 +284,30 @@ func staticPath(t reflect.Type, seen map[reflect.Type]bool, path string) string 
 	}
 	return ""
 }
+
+// The zero preset picks n14-128 when the approximations fit its levels
+// between refreshes, n15-128 otherwise.
+func TestAutoPreset(t *testing.T) {
+	if testing.Short() {
+		t.Skip("builds a 128-bit engine")
+	}
+	cfg := model.EntropyGuided(32, 8, 16, 1, 2)
+	w, _ := model.NewRandom(cfg, 3)
+	set, err := server.CalibrateRandom(w, 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	e, err := server.NewEngine(w, set, server.LoadOptions{Workers: 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := e.Spec().Preset.Name
+	_, err14 := engine.New(w, set, engine.Options{Preset: he.N14, Workers: 1})
+	switch {
+	case err14 == nil && got != he.N14.Name:
+		t.Fatalf("picked %s although n14-128 fits", got)
+	case err14 != nil && got != he.N15.Name:
+		t.Fatalf("picked %s; n14-128 fails with %v", got, err14)
+	}
+	t.Logf("picked %s (n14-128: %v)", got, err14)
+}

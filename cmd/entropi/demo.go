@@ -18,7 +18,6 @@ import (
 
 	"github.com/entropi-ai/entropi/approx"
 	"github.com/entropi-ai/entropi/client"
-	"github.com/entropi-ai/entropi/engine"
 	"github.com/entropi-ai/entropi/he"
 	"github.com/entropi-ai/entropi/model"
 	"github.com/entropi-ai/entropi/server"
@@ -85,7 +84,7 @@ flags:
 		fl.PrintDefaults()
 	}
 	modelPath := fl.String("model", "", "checkpoint (default: the shipped models/*.safetensors)")
-	presetName := fl.String("preset", he.N14.Name, "CKKS preset: n14-128 | n15-128")
+	presetName := fl.String("preset", "auto", "CKKS preset: auto (n14-128 if the model's approximations fit its levels, else n15-128) | n14-128 | n15-128")
 	allowInsecure := fl.Bool("allow-insecure-presets", false, "allow insecure-… presets (NO SECURITY: quick looks only)")
 	n := fl.Int("n", 16, "tokens to generate")
 	prompt := fl.String("prompt", "func main() {", "prompt text")
@@ -105,11 +104,14 @@ flags:
 		fl.Usage()
 		return fmt.Errorf("unexpected arguments %v", fl.Args())
 	}
-	preset, err := he.PresetByName(*presetName)
-	if err != nil {
-		return err
+	var preset he.Preset // zero: auto
+	var err error
+	if *presetName != "auto" {
+		if preset, err = he.PresetByName(*presetName); err != nil {
+			return err
+		}
 	}
-	if preset.Insecure() && !*allowInsecure {
+	if preset.Insecure() && preset.Name != "" && !*allowInsecure {
 		return fmt.Errorf("preset %s is insecure (test use only): pass --allow-insecure-presets to use it", preset.Name)
 	}
 	say := func(format string, a ...any) {
@@ -153,12 +155,14 @@ flags:
 			return err
 		}
 	}
-	say("preset: %s (N=2^%d, %d-bit security)\nbuilding the encrypted decoder…\n", preset.Name, preset.LogN, preset.SecurityBits)
+	say("building the encrypted decoder…\n")
 	t0 := time.Now()
-	eng, err := engine.New(ck.Weights, set, engine.Options{Preset: preset, AllowInsecure: *allowInsecure, ClientSideEmbedding: *clientEmb, Workers: *workers})
+	eng, err := server.NewEngine(ck.Weights, set, server.LoadOptions{Preset: preset, AllowInsecure: *allowInsecure, ClientSideEmbedding: *clientEmb, Workers: *workers})
 	if err != nil {
 		return err
 	}
+	preset = eng.Spec().Preset
+	say("preset: %s (N=2^%d, %d-bit security)\n", preset.Name, preset.LogN, preset.SecurityBits)
 	m, err := server.EngineModel(name, eng, ck.Tokenizer)
 	if err != nil {
 		return err

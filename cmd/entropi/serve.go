@@ -53,7 +53,7 @@ flags:
 	addr := fl.String("addr", "127.0.0.1:7300", "listen address")
 	certFile := fl.String("tls-cert", "", "TLS certificate (PEM); with --tls-key enables TLS")
 	keyFile := fl.String("tls-key", "", "TLS private key (PEM)")
-	presetName := fl.String("preset", he.N14.Name, "CKKS preset: n14-128 | n15-128 (insecure-… presets need --allow-insecure-presets)")
+	presetName := fl.String("preset", "auto", "CKKS preset: auto (n14-128 if the model's approximations fit its levels, else n15-128) | n14-128 | n15-128 (insecure-… presets need --allow-insecure-presets)")
 	allowInsecure := fl.Bool("allow-insecure-presets", false, "serve insecure test presets (NO SECURITY: tests only)")
 	clientEmb := fl.Bool("client-side-embedding", false, "let clients look up embeddings (faster; reveals the embedding table)")
 	maxSessions := fl.Int("max-sessions", caps.MaxSessions, "concurrent sessions")
@@ -79,14 +79,17 @@ flags:
 		h = slog.NewJSONHandler(stderr, nil)
 	}
 	log := slog.New(h)
-	preset, err := he.PresetByName(*presetName)
-	if err != nil {
-		return err
+	var preset he.Preset // zero: auto
+	if *presetName != "auto" {
+		var err error
+		if preset, err = he.PresetByName(*presetName); err != nil {
+			return err
+		}
 	}
-	if preset.Insecure() && !*allowInsecure {
+	if preset.Insecure() && preset.Name != "" && !*allowInsecure {
 		return fmt.Errorf("preset %s is insecure (test use only): pass --allow-insecure-presets to serve it anyway", preset.Name)
 	}
-	if preset.Insecure() {
+	if preset.Insecure() && preset.Name != "" {
 		log.Warn("SERVING AN INSECURE PRESET: no security, tests only", "preset", preset.Name)
 	}
 	caps.MaxSessions, caps.MaxKeyBytes, caps.MaxNewTokens, caps.MaxMessageBytes = *maxSessions, *maxKeyBytes, *maxTokens, *maxMsg
