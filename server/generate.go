@@ -28,6 +28,7 @@ type gen struct {
 	rmu      sync.Mutex // refresh rounds are serialized on the stream
 	round    uint64
 	protoErr error // the first protocol error seen inside a refresh round
+	silent   bool  // the client stopped sending (idle timeout)
 }
 
 func (g *gen) send(m *pb.GenerateResponse) error {
@@ -36,8 +37,12 @@ func (g *gen) send(m *pb.GenerateResponse) error {
 }
 
 func (g *gen) recv(what string) (*pb.GenerateRequest, error) {
-	m, err := g.stream.Recv()
+	m, err := recvTimeout(g.stream.Recv, g.s.cfg.IdleTimeout)
 	if err != nil {
+		if errors.Is(err, errSilent) {
+			g.silent = true
+			return nil, pb.Errorf(codes.DeadlineExceeded, "waiting for %s: no message from the client for %v", what, g.s.cfg.IdleTimeout)
+		}
 		if err == io.EOF {
 			return nil, pb.Errorf(codes.InvalidArgument, "stream closed by the client while the server waited for %s", what)
 		}
@@ -182,6 +187,8 @@ func (s *Server) Generate(stream pb.Entropi_GenerateServer) (err error) {
 		if stream.Context().Err() != nil {
 			// The client went away: nobody will use this session again.
 			s.drop(ss.id, "client disconnected during generation")
+		} else if g.silent {
+			s.drop(ss.id, "client silent during generation")
 		}
 		tr := g.meter.Snapshot()
 		log.Info("generation ended", "status", status.Code(err).String(), "error", errString(err),

@@ -276,7 +276,7 @@ func (s *Server) ListModels(ctx context.Context, req *pb.ListModelsRequest) (*pb
 func (s *Server) CreateSession(stream pb.Entropi_CreateSessionServer) (err error) {
 	t0 := time.Now()
 	meter := pb.NewMeter()
-	first, err := stream.Recv()
+	first, err := recvTimeout(stream.Recv, s.cfg.IdleTimeout)
 	if err != nil {
 		return recvErr(err, "session header")
 	}
@@ -334,7 +334,7 @@ func (s *Server) CreateSession(stream pb.Entropi_CreateSessionServer) (err error
 	evk := make([]byte, 0, h.EvaluationKeyBytes)
 	pkb := make([]byte, 0, h.PublicKeyBytes)
 	for {
-		m, err := stream.Recv()
+		m, err := recvTimeout(stream.Recv, s.cfg.IdleTimeout)
 		if err == io.EOF {
 			break
 		}
@@ -458,10 +458,41 @@ func newID() (string, error) {
 	return hex.EncodeToString(b[:]), nil
 }
 
+// errSilent is returned when a client sends nothing for an idle timeout.
+var errSilent = errors.New("client silent")
+
+// recvTimeout receives one message, or fails with DeadlineExceeded when the
+// client sends nothing for d: a silent client must not hold a session (and
+// its reserved key memory, or its KV cache) forever. The receiving
+// goroutine ends when the handler returns (gRPC then cancels the stream).
+func recvTimeout[T any](recv func() (T, error), d time.Duration) (T, error) {
+	type result struct {
+		m   T
+		err error
+	}
+	ch := make(chan result, 1)
+	go func() {
+		m, err := recv()
+		ch <- result{m, err}
+	}()
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case r := <-ch:
+		return r.m, r.err
+	case <-t.C:
+		var zero T
+		return zero, fmt.Errorf("%w: %w", pb.Errorf(codes.DeadlineExceeded, "no message from the client for %v", d), errSilent)
+	}
+}
+
 // recvErr maps a receive error to a status.
 func recvErr(err error, what string) error {
 	if err == io.EOF {
 		return pb.Errorf(codes.InvalidArgument, "stream ended before the %s", what)
+	}
+	if errors.Is(err, errSilent) {
+		return pb.Errorf(codes.DeadlineExceeded, "waiting for the %s: %v", what, errors.Unwrap(err))
 	}
 	if _, ok := status.FromError(err); ok {
 		return err

@@ -563,6 +563,41 @@ func TestIdleTimeout(t *testing.T) {
 	waitSessions(t, h.srv, 0)
 	_, err = s.Generate(context.Background(), []int{1}, 1, client.GenerateOptions{}, nil)
 	wantStatus(t, err, codes.NotFound, "no session")
+
+	// A client that falls silent mid-upload or mid-generation loses its
+	// session and its reservations.
+	rpc := raw(t, h.addr)
+	_, evk, pkb := fakeKeys(t)
+	up, err := rpc.CreateSession(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	up.Send(&pb.CreateSessionRequest{Msg: &pb.CreateSessionRequest_Header{Header: header("fake", he.InsecureTest, evk, pkb)}})
+	_, err = up.CloseAndRecv() // CloseSend is not a chunk: the server sees EOF
+	wantStatus(t, err, codes.InvalidArgument, "upload ended early")
+	up, _ = rpc.CreateSession(context.Background())
+	up.Send(&pb.CreateSessionRequest{Msg: &pb.CreateSessionRequest_Header{Header: header("fake", he.InsecureTest, evk, pkb)}})
+	up.Header() // blocks until the server ends the stream (it sends no header first)
+	_, err = up.CloseAndRecv()
+	wantStatus(t, err, codes.DeadlineExceeded, "no message from the client")
+	if h.srv.KeyBytes() != 0 {
+		t.Fatalf("%d key bytes still reserved", h.srv.KeyBytes())
+	}
+	s2, err := c.NewSession(context.Background(), "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	st, err := rpc.Generate(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	st.Send(&pb.GenerateRequest{Msg: &pb.GenerateRequest_Start{Start: &pb.Start{SessionId: s2.ID(), PromptTokens: 1, PromptCiphertexts: 1, MaxNewTokens: 1}}})
+	var rerr error
+	for rerr == nil {
+		_, rerr = st.Recv()
+	}
+	wantStatus(t, rerr, codes.DeadlineExceeded, "no message from the client")
+	waitSessions(t, h.srv, 0)
 }
 
 func waitSessions(t *testing.T, srv *server.Server, n int) {
