@@ -482,7 +482,7 @@ func recvTimeout[T any](recv func() (T, error), d time.Duration) (T, error) {
 		return r.m, r.err
 	case <-t.C:
 		var zero T
-		return zero, fmt.Errorf("%w: %w", pb.Errorf(codes.DeadlineExceeded, "no message from the client for %v", d), errSilent)
+		return zero, fmt.Errorf("no message from the client for %v: %w", d, errSilent)
 	}
 }
 
@@ -492,7 +492,7 @@ func recvErr(err error, what string) error {
 		return pb.Errorf(codes.InvalidArgument, "stream ended before the %s", what)
 	}
 	if errors.Is(err, errSilent) {
-		return pb.Errorf(codes.DeadlineExceeded, "waiting for the %s: %v", what, errors.Unwrap(err))
+		return pb.Errorf(codes.DeadlineExceeded, "waiting for the %s: no message from the client for the idle timeout", what)
 	}
 	if _, ok := status.FromError(err); ok {
 		return err
