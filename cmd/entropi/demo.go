@@ -18,6 +18,7 @@ import (
 
 	"github.com/entropi-ai/entropi/approx"
 	"github.com/entropi-ai/entropi/client"
+	"github.com/entropi-ai/entropi/engine"
 	"github.com/entropi-ai/entropi/he"
 	"github.com/entropi-ai/entropi/model"
 	"github.com/entropi-ai/entropi/server"
@@ -265,6 +266,26 @@ flags:
 	}
 	say("\ntext: %q\n", rep.Text)
 	printStats(stdout, res)
+	var es engine.Stats
+	if json.Unmarshal(res.Stats.EngineStats, &es) == nil {
+		for _, ph := range []string{"prefill", "decode"} {
+			sum, n := es.Phase(ph)
+			if n == 0 {
+				continue
+			}
+			kinds := make([]string, 0, len(sum.ByKind))
+			for k := range sum.ByKind {
+				kinds = append(kinds, k)
+			}
+			sort.Strings(kinds)
+			var parts []string
+			for _, k := range kinds {
+				parts = append(parts, fmt.Sprintf("%s %.2fs", k, sum.ByKind[k].Seconds()/float64(n)))
+			}
+			say("server %s, per token (%d): %.2fs = %s; %d rotations, %d ct×ct, %d refresh rounds\n", ph, n,
+				sum.Time.Seconds()/float64(n), strings.Join(parts, ", "), sum.Rotations/int64(n), sum.CtCt/int64(n), sum.Refreshes/n)
+		}
+	}
 	say("\nplaintext model (exact):             %v → match: %v\n", plain, rep.MatchesPlaintext)
 	say("plaintext model (same approximations): %v → match: %v\n", plainApprox, rep.MatchesApprox)
 	return nil
