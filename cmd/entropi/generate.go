@@ -10,7 +10,6 @@ import (
 	"io"
 	"os"
 	"os/signal"
-	"time"
 
 	"github.com/entropi-ai/entropi/client"
 	"github.com/entropi-ai/entropi/model"
@@ -85,10 +84,16 @@ flags:
 	if err != nil {
 		return err
 	}
-	if mi.Tokenizer == nil {
-		return fmt.Errorf("model %q has no tokenizer on the server", mi.Name)
+	var ids []int
+	tok := mi.Tokenizer
+	if tok != nil {
+		ids = tok.Encode([]byte(*prompt))
+	} else { // no tokenizer (a random model): bytes as token ids
+		fmt.Fprintf(stderr, "model %q has no tokenizer: prompt bytes are the token ids, output is token ids\n", mi.Name)
+		for _, b := range []byte(*prompt) {
+			ids = append(ids, int(b)%mi.Config.Vocab)
+		}
 	}
-	ids := mi.Tokenizer.Encode([]byte(*prompt))
 	if len(ids) == 0 {
 		return errors.New("the prompt encodes to no tokens")
 	}
@@ -103,14 +108,20 @@ flags:
 		return err
 	}
 	defer sess.Close()
-	eot := mi.Tokenizer.EndOfText()
+	eot := -1
+	if tok != nil {
+		eot = tok.EndOfText()
+	}
 	fmt.Fprint(stdout, *prompt)
 	res, err := sess.Generate(ctx, ids, *n, client.GenerateOptions{
 		Sample: model.SampleOptions{Temperature: *temp, TopK: *topK, TopP: *topP}, Seed: *seed,
 		Stop: func(t int) bool { return t == eot },
 	}, func(t client.Token) error {
-		if t.ID != eot {
-			b, _ := mi.Tokenizer.Decode([]int{t.ID})
+		switch {
+		case tok == nil:
+			fmt.Fprintf(stdout, "<%d>", t.ID)
+		case t.ID != eot:
+			b, _ := tok.Decode([]int{t.ID})
 			fmt.Fprint(stdout, string(b))
 		}
 		return nil
@@ -138,5 +149,4 @@ func printStats(w io.Writer, res *client.Result) {
 	fmt.Fprintf(w, "%-8s %14d %14d %10.2f  (%d tokens, %.2f s/token)\n", "decode", st.Decode.BytesUp, st.Decode.BytesDown, st.Decode.Seconds, max(res.Stats.Tokens-1, 0), perTok)
 	fmt.Fprintf(w, "\nby kind:\n%v", st.Traffic)
 	fmt.Fprintf(w, "server: prefill %.2fs, decode %.2fs of computation\n", st.ServerPrefillSeconds, st.ServerDecodeSeconds)
-	_ = time.Second
 }
