@@ -333,6 +333,40 @@ func (b *backend) Embed(tokens []int, pos0 int, wte, wpe *mat.Dense) *val {
 	return plain(x)
 }
 
+// matvecMany evaluates the d×d blocks (o, c) for o < nOut on the same
+// input chunk c in one call: the baby-step rotations are hoisted once and
+// all giant steps of all blocks run in parallel.
+func (b *backend) matvecMany(name string, c int, x *cval, nOut int, rows func(o int) he.Rows) []*cval {
+	d := b.e.cfg.Dim
+	out := make([]*cval, nOut)
+	if b.dry || b.err != nil {
+		for o := range out {
+			out[o] = b.matvec(name, o, c, x, func() he.Rows { return rows(o) }, d, d)
+		}
+		return out
+	}
+	mvs := make([]*he.MatVec, nOut)
+	for o := range mvs {
+		key := matKey(name, o, c, x.level, x.pre)
+		mv, ok := b.e.mats[key]
+		if !ok {
+			b.failf("engine: no product planned for %s: the run left the plan", key)
+			return b.errVal(nOut).parts
+		}
+		mvs[o] = mv
+		b.op().KeySwitches += mv.Cost().KeySwitches()
+	}
+	res, err := b.s.ev.EvaluateMany([]*rlwe.Ciphertext{x.ct}, mvs...)
+	if err != nil {
+		b.fail(fmt.Errorf("engine: %s: %w", name, err))
+		return b.errVal(nOut).parts
+	}
+	for o := range out {
+		out[o] = &cval{ct: res[o][0], level: res[o][0].Level()}
+	}
+	return out
+}
+
 // matvec evaluates (or plans) one product on one input ciphertext.
 func (b *backend) matvec(name string, o, c int, x *cval, rows func() he.Rows, out, in int) *cval {
 	key := matKey(name, o, c, x.level, x.pre)
@@ -403,18 +437,17 @@ func (b *backend) Linear(name string, x *val, w *mat.Dense, bias []float64) *val
 	b.op().LevelIn = parts[0].level
 	outs := make([]*cval, nOut)
 	for c := 0; c < nIn; c++ {
-		for o := 0; o < nOut; o++ {
-			rows := func() he.Rows {
-				r := make(he.Rows, d)
-				for i := range r {
-					r[i] = make([]float64, d)
-					for j := range r[i] {
-						r[i][j] = w.At(c*d+j, o*d+i)
-					}
+		ys := b.matvecMany(name, c, parts[c], nOut, func(o int) he.Rows {
+			r := make(he.Rows, d)
+			for i := range r {
+				r[i] = make([]float64, d)
+				for j := range r[i] {
+					r[i][j] = w.At(c*d+j, o*d+i)
 				}
-				return r
 			}
-			y := b.matvec(name, o, c, parts[c], rows, d, d)
+			return r
+		})
+		for o, y := range ys {
 			if outs[o] == nil {
 				outs[o] = y
 			} else {

@@ -260,3 +260,48 @@ func TestErrors(t *testing.T) {
 	_, err = f.eng.NewSession(&Keys{Evaluation: ek, Public: keys.Public}, f.client.AnswerRefresh)
 	require.ErrorContains(t, err, "lack rotation")
 }
+
+// Sessions share one immutable Engine: two clients decoding concurrently
+// get their own correct logits.
+func TestConcurrentSessions(t *testing.T) {
+	cfg := tinyConfig("entropy-guided")
+	f := newFixture(t, cfg, he.InsecureTest, Options{Workers: 1})
+	ctx := context.Background()
+	prompts := [][]int{{5, 9}, {40, 2}}
+	errs := make(chan error, len(prompts))
+	results := make([][]float64, len(prompts))
+	for i, p := range prompts {
+		go func() {
+			c, err := NewClient(f.eng.Spec(), nil)
+			if err == nil {
+				var keys *Keys
+				if keys, err = c.Keys(); err == nil {
+					var s *Session
+					if s, err = f.eng.NewSession(keys, c.AnswerRefresh); err == nil {
+						var cts []*rlwe.Ciphertext
+						if cts, err = c.EncryptPrompt(p); err == nil {
+							var out *rlwe.Ciphertext
+							if out, err = s.Prefill(ctx, cts); err == nil {
+								results[i], err = c.DecryptLogits(out)
+							}
+						}
+					}
+				}
+			}
+			errs <- err
+		}()
+	}
+	for range prompts {
+		require.NoError(t, <-errs)
+	}
+	for i, p := range prompts {
+		ref, err := model.NewApprox(cfg, f.set)
+		require.NoError(t, err)
+		want, err := model.NewSession(f.w, ref).Prefill(p)
+		require.NoError(t, err)
+		w := want.RawRowView(len(p) - 1)
+		for j := range w {
+			require.InDelta(t, w[j], results[i][j], 0.01*spread(w), "session %d logit %d", i, j)
+		}
+	}
+}
