@@ -2,7 +2,6 @@ package engine
 
 import (
 	"fmt"
-	"time"
 
 	"github.com/entropi-ai/entropi/approx"
 	"github.com/entropi-ai/entropi/he"
@@ -30,8 +29,7 @@ func (b *backend) Attention(layer int, qkv *val, pos0 int, scoreScale *mat.Dense
 	if b.err != nil {
 		return b.errVal(1)
 	}
-	t0 := time.Now()
-	defer b.timed("attention", t0)
+	defer b.timed("attention", b.mark())
 	e := b.e
 	m := e.maskLevel
 	lay := e.kv

@@ -117,10 +117,35 @@ func (b *backend) relin(level int) {
 	b.op().CtCt++
 }
 
-func (b *backend) timed(kind string, t0 time.Time) {
-	if b.tok != nil {
-		b.tok.add(kind, time.Since(t0))
+// mark is the start of a timed operation: wall time and the counters.
+type mark struct {
+	t    time.Time
+	snap he.Snapshot
+}
+
+func (b *backend) mark() mark {
+	m := mark{t: time.Now()}
+	if b.s != nil {
+		m.snap = b.s.counters.Snapshot()
 	}
+	return m
+}
+
+// timed records an operation of a kind (time, rotations, ct×ct) in the
+// token's statistics.
+func (b *backend) timed(kind string, m mark) {
+	if b.tok == nil {
+		return
+	}
+	d := b.s.counters.Snapshot().Sub(m.snap)
+	b.tok.add(kind, time.Since(m.t))
+	k := b.tok.Kinds[kind]
+	k.Calls++
+	k.Time += time.Since(m.t)
+	k.Rotations += d.Get(he.OpRotate)
+	k.CtCt += d.Get(he.OpRelin)
+	k.PtCt += d.Get(he.OpMulPtCt)
+	b.tok.Kinds[kind] = k
 }
 
 // ---------------------------------------------------------------------------
@@ -172,8 +197,7 @@ func (b *backend) ensure(parts []*cval, depth, minOut int, pre bool) []*cval {
 		}
 		return out
 	}
-	t0 := time.Now()
-	defer b.timed("refresh", t0)
+	defer b.timed("refresh", b.mark())
 	cts := make([]*rlwe.Ciphertext, len(idx))
 	var maps []*he.SlotMap
 	for j, i := range idx {
@@ -309,8 +333,7 @@ func (b *backend) Embed(tokens []int, pos0 int, wte, wpe *mat.Dense) *val {
 		b.failf("engine: the encrypted backend runs one token per step (got %d)", len(tokens))
 		return b.errVal(1)
 	}
-	t0 := time.Now()
-	defer b.timed("embed", t0)
+	defer b.timed("embed", b.mark())
 	d := b.e.cfg.Dim
 	in := &cval{level: b.inputLevel}
 	if !b.dry {
@@ -420,8 +443,7 @@ func (b *backend) Linear(name string, x *val, w *mat.Dense, bias []float64) *val
 		b.failf("engine: %s: shape [%d, %d] with %d input chunks of %d", name, in, out, len(x.parts), d)
 		return b.errVal(nOut)
 	}
-	t0 := time.Now()
-	defer b.timed("linear", t0)
+	defer b.timed("linear", b.mark())
 	w, bias = foldAffine(x, w, bias)
 	b.begin(name, "linear", x.level())
 	minOut := b.e.maskLevel
@@ -584,8 +606,7 @@ func (b *backend) Activate(x *val, act string) *val {
 		b.failf("engine: activation %q has no CKKS approximation", act)
 		return x
 	}
-	t0 := time.Now()
-	defer b.timed("gelu", t0)
+	defer b.timed("gelu", b.mark())
 	x = b.materialize(x, "gelu")
 	g := *b.e.set.GELU
 	b.begin("gelu", "gelu", x.level())
@@ -638,8 +659,7 @@ func (b *backend) LayerNorm(name string, x *val, g, bb []float64, eps float64) *
 	if b.err != nil {
 		return x
 	}
-	t0 := time.Now()
-	defer b.timed("layernorm", t0)
+	defer b.timed("layernorm", b.mark())
 	x = b.materialize(x, name)
 	d := b.e.cfg.Dim
 	if len(x.parts) != 1 {
@@ -675,8 +695,7 @@ func (b *backend) Logits(x *val, wte *mat.Dense) *val {
 	if b.err != nil {
 		return b.errVal(1)
 	}
-	t0 := time.Now()
-	defer b.timed("logits", t0)
+	defer b.timed("logits", b.mark())
 	vocab, d := wte.Dims()
 	wt := mat.NewDense(d, vocab, nil)
 	wt.Copy(wte.T())

@@ -128,7 +128,7 @@ func (s *Session) step(ctx context.Context, in *rlwe.Ciphertext, phase string, l
 		return nil, fmt.Errorf("engine: context window of %d tokens is full", s.e.cfg.Context)
 	}
 	e := s.e
-	ts := &TokenStats{Pos: s.pos, Phase: phase, ByKind: map[string]time.Duration{}, LevelIn: in.Level()}
+	ts := &TokenStats{Pos: s.pos, Phase: phase, ByKind: map[string]time.Duration{}, Kinds: map[string]KindStats{}, LevelIn: in.Level()}
 	snap := s.counters.Snapshot()
 	t0 := time.Now()
 	b := newBackend(e, false)

@@ -20,16 +20,20 @@ type TokenStats struct {
 	// ByKind is wall time per operation kind: embed, linear, attention
 	// (including its exp, reciprocal and refreshes), layernorm, gelu,
 	// logits, refresh (all refresh rounds), flood.
-	ByKind      map[string]time.Duration `json:"by_kind"`
-	Rotations   int64                    `json:"rotations"`
-	CtCt        int64                    `json:"ct_ct"`
-	PtCt        int64                    `json:"pt_ct"`
-	KeySwitches int64                    `json:"key_switches"`
-	Refreshes   int                      `json:"refreshes"`   // rounds
-	RefreshCts  int                      `json:"refresh_cts"` // ciphertexts refreshed
-	LevelIn     int                      `json:"level_in"`    // input ciphertext level
-	LevelOut    int                      `json:"level_out"`   // logits level before flooding
-	Ops         he.Snapshot              `json:"-"`
+	ByKind map[string]time.Duration `json:"by_kind"`
+	// Kinds has, per operation kind, calls, time, rotations, ct×ct and
+	// pt×ct products (a kind's numbers include those of kinds nested in
+	// it: attention includes its refreshes).
+	Kinds       map[string]KindStats `json:"kinds"`
+	Rotations   int64                `json:"rotations"`
+	CtCt        int64                `json:"ct_ct"`
+	PtCt        int64                `json:"pt_ct"`
+	KeySwitches int64                `json:"key_switches"`
+	Refreshes   int                  `json:"refreshes"`   // rounds
+	RefreshCts  int                  `json:"refresh_cts"` // ciphertexts refreshed
+	LevelIn     int                  `json:"level_in"`    // input ciphertext level
+	LevelOut    int                  `json:"level_out"`   // logits level before flooding
+	Ops         he.Snapshot          `json:"-"`
 }
 
 func (t *TokenStats) add(kind string, d time.Duration) {
@@ -51,11 +55,24 @@ func (t *TokenStats) String() string {
 	sort.Strings(kinds)
 	var parts []string
 	for _, k := range kinds {
-		parts = append(parts, fmt.Sprintf("%s %v", k, t.ByKind[k].Round(time.Millisecond)))
+		if ks, ok := t.Kinds[k]; ok {
+			parts = append(parts, fmt.Sprintf("%s %v (%d rot, %d ct×ct)", k, t.ByKind[k].Round(time.Millisecond), ks.Rotations, ks.CtCt))
+		} else {
+			parts = append(parts, fmt.Sprintf("%s %v", k, t.ByKind[k].Round(time.Millisecond)))
+		}
 	}
 	return fmt.Sprintf("%s pos %d: %v, %d rotations, %d ct×ct, %d pt×ct, %d refresh rounds (%d cts), levels %d→%d [%s]",
 		t.Phase, t.Pos, t.Time.Round(time.Millisecond), t.Rotations, t.CtCt, t.PtCt, t.Refreshes, t.RefreshCts,
 		t.LevelIn, t.LevelOut, strings.Join(parts, ", "))
+}
+
+// KindStats are the counters of one operation kind within a token.
+type KindStats struct {
+	Calls     int           `json:"calls"`
+	Time      time.Duration `json:"time"`
+	Rotations int64         `json:"rotations"`
+	CtCt      int64         `json:"ct_ct"`
+	PtCt      int64         `json:"pt_ct"`
 }
 
 // Stats are a session's counters, per token.
@@ -70,11 +87,14 @@ func (s *Session) Stats() Stats {
 	out := Stats{Tokens: make([]TokenStats, len(s.stats.Tokens))}
 	for i := range s.stats.Tokens {
 		t := &s.stats.Tokens[i]
-		out.Tokens[i] = TokenStats{Pos: t.Pos, Phase: t.Phase, Time: t.Time, ByKind: map[string]time.Duration{},
+		out.Tokens[i] = TokenStats{Pos: t.Pos, Phase: t.Phase, Time: t.Time, ByKind: map[string]time.Duration{}, Kinds: map[string]KindStats{},
 			Rotations: t.Rotations, CtCt: t.CtCt, PtCt: t.PtCt, KeySwitches: t.KeySwitches,
 			Refreshes: t.Refreshes, RefreshCts: t.RefreshCts, LevelIn: t.LevelIn, LevelOut: t.LevelOut, Ops: t.Ops}
 		for k, v := range t.ByKind {
 			out.Tokens[i].ByKind[k] = v
+		}
+		for k, v := range t.Kinds {
+			out.Tokens[i].Kinds[k] = v
 		}
 	}
 	return out
@@ -82,7 +102,7 @@ func (s *Session) Stats() Stats {
 
 // Phase sums the tokens of one phase ("prefill", "decode"); n is the count.
 func (st Stats) Phase(phase string) (sum TokenStats, n int) {
-	sum = TokenStats{Phase: phase, ByKind: map[string]time.Duration{}}
+	sum = TokenStats{Phase: phase, ByKind: map[string]time.Duration{}, Kinds: map[string]KindStats{}}
 	for i := range st.Tokens {
 		t := &st.Tokens[i]
 		if t.Phase != phase {
@@ -98,6 +118,15 @@ func (st Stats) Phase(phase string) (sum TokenStats, n int) {
 		sum.RefreshCts += t.RefreshCts
 		for k, v := range t.ByKind {
 			sum.ByKind[k] += v
+		}
+		for k, v := range t.Kinds {
+			s := sum.Kinds[k]
+			s.Calls += v.Calls
+			s.Time += v.Time
+			s.Rotations += v.Rotations
+			s.CtCt += v.CtCt
+			s.PtCt += v.PtCt
+			sum.Kinds[k] = s
 		}
 	}
 	return
