@@ -23,6 +23,12 @@ type Options struct {
 	ClientSideEmbedding bool
 	// Workers bounds the goroutines of one session (0: all CPUs).
 	Workers int
+	// PreRotateLinear refreshes the input of every d×d product into the
+	// pre-rotated layout (a masked-refresh slot map, free) even when levels
+	// remain: the product then needs d²/Slots diagonals instead of d —
+	// less time and far less plaintext memory at large d — for one more
+	// round trip per product.
+	PreRotateLinear bool
 	// Mask are the masked-refresh parameters (zero: he.DefaultMaskOptions
 	// with the value bound derived from the calibration).
 	Mask he.MaskOptions

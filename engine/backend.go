@@ -172,6 +172,12 @@ func (b *backend) ensure(parts []*cval, depth, minOut int, pre bool) []*cval {
 	if len(idx) == 0 {
 		return out
 	}
+	return b.refresh(parts, idx, depth, minOut, pre)
+}
+
+// refresh refreshes parts[idx] in one round (see ensure).
+func (b *backend) refresh(parts []*cval, idx []int, depth, minOut int, pre bool) []*cval {
+	out := append([]*cval(nil), parts...)
 	round := len(b.rounds)
 	target := b.maxLevel()
 	if round < len(b.targets) {
@@ -451,6 +457,16 @@ func (b *backend) Linear(name string, x *val, w *mat.Dense, bias []float64) *val
 		minOut = b.e.maskLevel + 3 // k, v are appended (1 level) to a cache that feeds two more products
 	}
 	parts := b.ensure(x.parts, 1, minOut, b.e.preOK)
+	if b.e.opts.PreRotateLinear && b.e.preOK && !parts[0].pre && b.err == nil {
+		// Refresh into the pre-rotated layout even though levels remain:
+		// the replication-aware product needs d²/Slots diagonals instead
+		// of d (less time, far less plaintext memory), for one round trip.
+		idx := make([]int, len(parts))
+		for i := range idx {
+			idx[i] = i
+		}
+		parts = b.refresh(parts, idx, 1, minOut, true)
+	}
 	if parts[0].pre {
 		b.op().Layout = "pre-rotated"
 	} else {

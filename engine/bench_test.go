@@ -85,7 +85,7 @@ func benchModel(b *testing.B, w *model.Weights, set *approx.Set, preset he.Prese
 	for _, n := range notes {
 		b.Logf("refit for %s: %s", preset.Name, n)
 	}
-	eng, err := New(w, set, Options{Preset: preset, AllowInsecure: true})
+	eng, err := New(w, set, Options{Preset: preset, AllowInsecure: true, PreRotateLinear: os.Getenv("ENTROPI_REPLICATED") == ""})
 	if err != nil {
 		b.Fatal(err)
 	}
