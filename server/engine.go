@@ -126,9 +126,16 @@ func CheckpointModel(name string, ck *model.Checkpoint, opt LoadOptions) (Model,
 			return nil, err
 		}
 	}
-	e, err := NewEngine(ck.Weights, set, opt)
+	e, _, notes, err := NewEngine(ck.Weights, set, opt)
 	if err != nil {
 		return nil, err
+	}
+	for _, n := range notes {
+		log := opt.Logger
+		if log == nil {
+			log = slog.Default()
+		}
+		log.Warn("approximation refitted to the preset's levels", "model", name, "preset", e.Spec().Preset.Name, "change", n)
 	}
 	return EngineModel(name, e, ck.Tokenizer)
 }
@@ -139,22 +146,39 @@ func CheckpointModel(name string, ck *model.Checkpoint, opt LoadOptions) (Model,
 var AutoPresets = []he.Preset{he.N14, he.N15}
 
 // NewEngine builds the engine at opt.Preset, or at the first of AutoPresets
-// that fits when opt.Preset is the zero value.
-func NewEngine(w *model.Weights, set *approx.Set, opt LoadOptions) (*engine.Engine, error) {
+// that fits when opt.Preset is the zero value. With an explicit preset
+// whose levels between refreshes cannot hold an approximation, the
+// approximations are refitted to fit (engine.FitToPreset: lower degrees,
+// more Newton steps); notes say what changed. It returns the set the engine
+// runs (the plaintext model with that set is what it must match).
+func NewEngine(w *model.Weights, set *approx.Set, opt LoadOptions) (*engine.Engine, *approx.Set, []string, error) {
 	presets := []he.Preset{opt.Preset}
 	if opt.Preset.Name == "" {
 		presets = AutoPresets
 	}
+	build := func(p he.Preset, s *approx.Set) (*engine.Engine, error) {
+		return engine.New(w, s, engine.Options{Preset: p, AllowInsecure: opt.AllowInsecure,
+			ClientSideEmbedding: opt.ClientSideEmbedding, Workers: opt.Workers})
+	}
 	var errs []string
 	for _, p := range presets {
-		e, err := engine.New(w, set, engine.Options{Preset: p, AllowInsecure: opt.AllowInsecure,
-			ClientSideEmbedding: opt.ClientSideEmbedding, Workers: opt.Workers})
+		e, err := build(p, set)
 		if err == nil {
-			return e, nil
+			return e, set, nil, nil
 		}
 		errs = append(errs, fmt.Sprintf("%s: %v", p.Name, err))
 	}
-	return nil, errors.New(strings.Join(errs, "; "))
+	if opt.Preset.Name != "" {
+		fit, notes, ferr := engine.FitToPreset(set, opt.Preset, opt.AllowInsecure, w.Config.Context)
+		if ferr == nil && len(notes) > 0 {
+			e, err := build(opt.Preset, fit)
+			if err == nil {
+				return e, fit, notes, nil
+			}
+			errs = append(errs, fmt.Sprintf("after refitting (%s): %v", strings.Join(notes, "; "), err))
+		}
+	}
+	return nil, nil, nil, errors.New(strings.Join(errs, "; "))
 }
 
 // CalibrateRandom calibrates the approximations of w on random sequences.

@@ -297,9 +297,12 @@ func TestAutoPreset(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	e, err := server.NewEngine(w, set, server.LoadOptions{Workers: 1})
+	e, used, notes, err := server.NewEngine(w, set, server.LoadOptions{Workers: 1})
 	if err != nil {
 		t.Fatal(err)
+	}
+	if used != set || len(notes) != 0 {
+		t.Fatalf("auto refitted: %v", notes)
 	}
 	got := e.Spec().Preset.Name
 	_, err14 := engine.New(w, set, engine.Options{Preset: he.N14, Workers: 1})
@@ -310,4 +313,15 @@ func TestAutoPreset(t *testing.T) {
 		t.Fatalf("picked %s; n14-128 fails with %v", got, err14)
 	}
 	t.Logf("picked %s (n14-128: %v)", got, err14)
+	if err14 != nil {
+		// An explicit n14-128 refits the approximations to its levels.
+		e, used, notes, err := server.NewEngine(w, set, server.LoadOptions{Preset: he.N14, Workers: 1})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if e.Spec().Preset.Name != he.N14.Name || used == set || len(notes) == 0 {
+			t.Fatalf("explicit n14-128: preset %s, notes %v", e.Spec().Preset.Name, notes)
+		}
+		t.Logf("refitted for n14-128: %v", notes)
+	}
 }

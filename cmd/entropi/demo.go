@@ -158,9 +158,12 @@ flags:
 	}
 	say("building the encrypted decoder…\n")
 	t0 := time.Now()
-	eng, err := server.NewEngine(ck.Weights, set, server.LoadOptions{Preset: preset, AllowInsecure: *allowInsecure, ClientSideEmbedding: *clientEmb, Workers: *workers})
+	eng, set, notes, err := server.NewEngine(ck.Weights, set, server.LoadOptions{Preset: preset, AllowInsecure: *allowInsecure, ClientSideEmbedding: *clientEmb, Workers: *workers})
 	if err != nil {
 		return err
+	}
+	for _, n := range notes {
+		say("  refitted to the preset's levels between refreshes: %s\n", n)
 	}
 	preset = eng.Spec().Preset
 	say("preset: %s (N=2^%d, %d-bit security)\n", preset.Name, preset.LogN, preset.SecurityBits)
