@@ -21,9 +21,10 @@
 //     transport and everything else);
 //   - accuracy: the decrypted logits against the exact plaintext model and
 //     the approximation backend on the same prefixes (teacher forcing);
-//   - projections onto a LAN and the paper's WAN (Network.Project: compute
-//   - bytes/bandwidth + round trips × RTT), and the baseline/entropy-guided
-//     ratios next to the paper's (Compare, PaperNumbers).
+//   - projections onto a LAN and the paper's WAN (Network.Project: the
+//     measured time plus bytes/bandwidth plus round trips × RTT), and the
+//     baseline/entropy-guided ratios next to the paper's (Compare,
+//     PaperNumbers).
 //
 // Results are written as results.json (Schema), markdown (WriteMarkdown)
 // and PNG charts drawn with gonum/plot (WriteCharts).
