@@ -394,3 +394,35 @@ func TestShutdownDuringGeneration(t *testing.T) {
 		settleStopped(t)
 	})
 }
+
+// A session closed (CloseSession, from another call) while its generation
+// runs: the generation stops and the client is told why.
+func TestSessionClosedDuringGeneration(t *testing.T) {
+	for _, stage := range []string{"prefill", "decode"} {
+		t.Run(stage, func(t *testing.T) {
+			m := newHookModel(t)
+			h := start(t, server.Config{}, m)
+			c := dialFake(t, h.addr)
+			s, err := c.NewSession(context.Background(), "")
+			if err != nil {
+				t.Fatal(err)
+			}
+			ch := m.prefill
+			m.holdPrefill.Store(stage == "prefill")
+			if stage == "decode" {
+				ch = m.decode
+				m.holdDecode.Store(true)
+			}
+			errc := generateAsync(context.Background(), s, []int{1, 2}, 4)
+			waitSignal(t, ch, stage)
+			if err := s.Close(); err != nil {
+				t.Fatal(err)
+			}
+			err = waitErr(t, errc)
+			t.Logf("client error: %v", err)
+			wantStatus(t, err, codes.Aborted, "closed")
+			noSessions(t, h.srv)
+			settle(t, requestFrames, -1)
+		})
+	}
+}

@@ -22,6 +22,7 @@ type gen struct {
 	s      *Server
 	ss     *session
 	stream pb.Entropi_GenerateServer
+	ctx    context.Context // the generation's: cancelled when its session is dropped
 	meter  *pb.Meter
 	phase  pb.Phase
 
@@ -106,18 +107,23 @@ func msgName(m *pb.GenerateRequest) string {
 	return fmt.Sprintf("%T", m.Msg)
 }
 
-// engineErr turns an error from the model into a status: the protocol
-// error behind it if a refresh round failed, the context's if the client
-// went away, Internal otherwise.
+// engineErr turns an error from the model into a status: the context's if
+// the client went away, Aborted if the session was dropped under the
+// generation (closed by the client from another call, or the server
+// closing), the protocol error behind it if a refresh round failed,
+// Internal otherwise.
 func (g *gen) engineErr(err error, what string) error {
+	if cerr := g.stream.Context().Err(); cerr != nil {
+		return status.FromContextError(cerr).Err()
+	}
+	if g.ctx != nil && g.ctx.Err() != nil {
+		return pb.Errorf(codes.Aborted, "%s: session %s was closed during the generation", what, g.ss.id)
+	}
 	g.rmu.Lock()
 	perr := g.protoErr
 	g.rmu.Unlock()
 	if perr != nil {
 		return perr
-	}
-	if cerr := g.stream.Context().Err(); cerr != nil {
-		return status.FromContextError(cerr).Err()
 	}
 	var st interface{ GRPCStatus() *status.Status }
 	if errors.As(err, &st) {
@@ -166,6 +172,7 @@ func (s *Server) Generate(stream pb.Entropi_GenerateServer) (err error) {
 	// Claim the session.
 	ctx, cancel := context.WithCancel(stream.Context())
 	defer cancel()
+	g.ctx = ctx
 	ss.mu.Lock()
 	if ss.busy {
 		ss.mu.Unlock()
