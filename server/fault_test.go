@@ -386,13 +386,42 @@ func TestShutdownDuringGeneration(t *testing.T) {
 		}
 		err = waitErr(t, errc)
 		t.Logf("client error: %v", err)
-		wantStatus(t, err, codes.Unavailable, "")
+		wantStatus(t, err, codes.Unavailable, "the server is shutting down")
 		if h.srv.Sessions() != 0 || h.srv.KeyBytes() != 0 {
 			t.Fatalf("after shutdown: %d sessions, %d key bytes", h.srv.Sessions(), h.srv.KeyBytes())
 		}
 		c.Close()
 		settleStopped(t)
 	})
+}
+
+// Grace over while the server waits on the client (a refresh round it has
+// not answered): the connection is cut; the client sees Unavailable.
+func TestShutdownWhileWaitingOnClient(t *testing.T) {
+	h, stop := startGrace(t, 100*time.Millisecond, fakeModel(t))
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	_, st, conn := rawGeneration(t, ctx, h.addr, 1)
+	for {
+		r, err := st.Recv()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if r.GetRefresh() != nil {
+			break
+		}
+	}
+	if err := stop(); err != nil {
+		t.Fatal(err)
+	}
+	_, err := st.Recv()
+	t.Logf("client error: %v", err)
+	wantStatus(t, err, codes.Unavailable, "")
+	if h.srv.Sessions() != 0 || h.srv.KeyBytes() != 0 {
+		t.Fatalf("after shutdown: %d sessions, %d key bytes", h.srv.Sessions(), h.srv.KeyBytes())
+	}
+	conn.Close()
+	settleStopped(t)
 }
 
 // A session closed (CloseSession, from another call) while its generation

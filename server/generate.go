@@ -108,13 +108,16 @@ func msgName(m *pb.GenerateRequest) string {
 }
 
 // engineErr turns an error from the model into a status: the context's if
-// the client went away, Aborted if the session was dropped under the
-// generation (closed by the client from another call, or the server
-// closing), the protocol error behind it if a refresh round failed,
+// the client went away, Unavailable if the server cut the generation at
+// shutdown, Aborted if the session was dropped under the generation
+// (closed by the client from another call), the protocol error behind it if a refresh round failed,
 // Internal otherwise.
 func (g *gen) engineErr(err error, what string) error {
 	if cerr := g.stream.Context().Err(); cerr != nil {
 		return status.FromContextError(cerr).Err()
+	}
+	if g.ctx != nil && g.ctx.Err() != nil && g.s.closing.Load() {
+		return pb.Errorf(codes.Unavailable, "%s: the server is shutting down (grace period over)", what)
 	}
 	if g.ctx != nil && g.ctx.Err() != nil {
 		return pb.Errorf(codes.Aborted, "%s: session %s was closed during the generation", what, g.ss.id)

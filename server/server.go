@@ -12,6 +12,7 @@ import (
 	"net"
 	"sort"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/tuneinsight/lattigo/v6/core/rlwe"
@@ -54,8 +55,9 @@ type Server struct {
 	pending  int   // sessions being uploaded
 	keyBytes int64 // key memory of all sessions (and reservations)
 
-	stop chan struct{}
-	once sync.Once
+	stop    chan struct{}
+	once    sync.Once
+	closing atomic.Bool // the grace period is over: generations are being cut
 }
 
 type loaded struct {
@@ -173,8 +175,17 @@ func (s *Server) Serve(ctx context.Context, lis net.Listener, grace time.Duratio
 	case <-done:
 	case <-time.After(grace):
 		s.log.Warn("grace period over: cancelling running generations")
-		g.Stop()
-		<-done
+		// Cancel the generations first, so that a handler in the model
+		// ends its stream with Unavailable "the server is shutting down";
+		// then cut what is left (handlers waiting on a client).
+		s.closing.Store(true)
+		s.Close()
+		select {
+		case <-done:
+		case <-time.After(time.Second):
+			g.Stop()
+			<-done
+		}
 	}
 	s.Close()
 	return nil
