@@ -185,7 +185,7 @@ func Measure(ctx context.Context, cfg Config) (*Results, error) {
 	}
 	res.Comparisons = Compare(res.Runs)
 	if res.Random {
-		res.Notes = append(res.Notes, "RANDOM WEIGHTS: the models have random weights of the shipped size (no checkpoint); the cryptographic costs are real, the generated text is noise and accuracy is that of a random model.")
+		res.Notes = append(res.Notes, "RANDOM WEIGHTS: models without a checkpoint have random weights (their sizes are under Models); the cryptographic costs are real, the generated text is noise and accuracy is that of a random model.")
 	}
 	return res, nil
 }

@@ -51,7 +51,7 @@ func (r *Results) WriteMarkdown(w io.Writer) error {
 	p := func(format string, a ...any) { fmt.Fprintf(&b, format, a...) }
 	p("# entropi bench\n\n")
 	if r.Random {
-		p("> **RANDOM WEIGHTS.** No trained checkpoint was measured: the models have random weights of the shipped size. The cryptographic costs (time, bytes, rounds) are real; the generated text is noise and the accuracy is that of a random model.\n\n")
+		p("> **RANDOM WEIGHTS.** At least one model has random weights (no trained checkpoint; sizes under Models). The cryptographic costs (time, bytes, rounds) are real; the generated text is noise and the accuracy is that of a random model.\n\n")
 	}
 	if r.Command != "" {
 		p("Command: `%s`\n\n", r.Command)
