@@ -124,6 +124,24 @@ flags:
 	// The model.
 	var ck *model.Checkpoint
 	name := "random"
+	if !*random && *modelPath == "" {
+		if _, err := shippedModel(); err != nil {
+			// No trained model is shipped yet: show the real cryptography on a
+			// small random-weights model rather than fail (a fresh clone's
+			// `go run ./cmd/entropi demo` must work); say so loudly.
+			say("NOTE: %v\n\nRunning the demo on a SMALL RANDOM-WEIGHTS model instead (d 64, 2 layers, 2 heads, vocab 256, context 32).\n\n", err)
+			*random = true
+			*rVocab, *rContext, *rDim, *rLayers, *rHeads = 256, 32, 64, 2, 2
+			set := map[string]bool{}
+			fl.Visit(func(f *flag.Flag) { set[f.Name] = true })
+			if !set["n"] {
+				*n = 4
+			}
+			if !set["prompt"] {
+				*prompt = "go" // prefill runs token by token: keep it short
+			}
+		}
+	}
 	switch {
 	case *random:
 		cfg := model.EntropyGuided(*rVocab, *rContext, *rDim, *rLayers, *rHeads)
@@ -301,8 +319,7 @@ func shippedModel() (string, error) {
 	if len(files) == 0 {
 		return "", errors.New("no shipped model in models/ yet: train the entropy-guided model with\n\n" +
 			"    go run ./cmd/entropi train --variant ereg-sm-t-scfuffn --out models/ereg-sm-t-scfuffn.safetensors\n\n" +
-			"(then calibrate it with `entropi eval --save`), or show the machinery now on random weights of the shipped size:\n\n" +
-			"    go run ./cmd/entropi demo --random")
+			"(then calibrate it with `entropi eval --save`)")
 	}
 	return files[0], nil
 }
