@@ -3,9 +3,11 @@ package protocol
 import (
 	"bytes"
 	"encoding/binary"
+	"encoding/json"
 	"fmt"
 	"io"
 	"math"
+	"math/big"
 	"slices"
 	"time"
 
@@ -594,9 +596,9 @@ func RefreshRequestFromProto(params ckks.Parameters, m *RefreshRequest, maxItems
 		if it.Level < 0 || int(it.Level) > params.MaxLevel() {
 			return nil, Errorf(codes.InvalidArgument, "refresh round %d item %d: target level %d outside [0, %d]", m.Round, i, it.Level, params.MaxLevel())
 		}
-		var sc rlwe.Scale
-		if len(it.Scale) > 256 || sc.UnmarshalJSON([]byte(it.Scale)) != nil || sc.Mod != nil {
-			return nil, Errorf(codes.InvalidArgument, "refresh round %d item %d: malformed scale", m.Round, i)
+		sc, err := parseScale(it.Scale)
+		if err != nil {
+			return nil, Errorf(codes.InvalidArgument, "refresh round %d item %d: malformed scale: %v", m.Round, i, err)
 		}
 		if d := math.Abs(sc.Log2() - params.DefaultScale().Log2()); !(d <= 20) {
 			return nil, Errorf(codes.InvalidArgument, "refresh round %d item %d: target scale 2^%.2f is far from the default", m.Round, i, sc.Log2())
@@ -616,6 +618,33 @@ func RefreshRequestFromProto(params ckks.Parameters, m *RefreshRequest, maxItems
 		req.Items[i] = ri
 	}
 	return req, nil
+}
+
+// parseScale reads a scale as rlwe.Scale.MarshalJSON writes it
+// ({"Value": decimal, "Mod": decimal}) without Lattigo's UnmarshalJSON,
+// which dereferences a nil big.Float when Mod does not parse (a hostile
+// server could crash the client with the scale "{}"). The value must be a
+// finite positive number and the modulus zero (CKKS scales are not modular).
+func parseScale(s string) (sc rlwe.Scale, err error) {
+	if len(s) > 256 {
+		return sc, fmt.Errorf("%d bytes", len(s))
+	}
+	var aux struct{ Value, Mod string }
+	if err := json.Unmarshal([]byte(s), &aux); err != nil {
+		return sc, err
+	}
+	if len(aux.Value) > 128 || len(aux.Mod) > 128 {
+		return sc, fmt.Errorf("number too long")
+	}
+	v, ok := new(big.Float).SetPrec(rlwe.ScalePrecision).SetString(aux.Value)
+	if !ok || v.IsInf() || v.Sign() <= 0 {
+		return sc, fmt.Errorf("value %q is not a finite positive number", aux.Value)
+	}
+	if m, ok := new(big.Float).SetString(aux.Mod); !ok || m.Sign() != 0 {
+		return sc, fmt.Errorf("modulus %q: want 0 (CKKS scales are not modular)", aux.Mod)
+	}
+	sc.Value = *v
+	return sc, nil
 }
 
 // RefreshAnswerToProto encodes the client's fresh encryptions.

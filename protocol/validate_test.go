@@ -9,6 +9,7 @@ import (
 	"github.com/tuneinsight/lattigo/v6/core/rlwe"
 	"github.com/tuneinsight/lattigo/v6/schemes/ckks"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/protobuf/proto"
 
 	"github.com/entropi-ai/entropi/he"
 )
@@ -286,5 +287,27 @@ func TestCaps(t *testing.T) {
 	c.MaxChunkBytes = c.MaxMessageBytes
 	if c.Check() == nil {
 		t.Fatal("chunk as large as a message accepted")
+	}
+}
+
+// A refresh item's scale comes from the server as JSON. Lattigo's
+// rlwe.Scale.UnmarshalJSON panics (nil big.Float) on "{}" or an unparsable
+// modulus: found by FuzzRefreshRequestFromProto; parseScale refuses them.
+func TestRefreshScaleFromHostileServer(t *testing.T) {
+	params, _, m, _ := refreshFixture(t)
+	good := m.Items[0].Scale
+	sc, err := parseScale(good)
+	if err != nil {
+		t.Fatalf("the server's own scale %s: %v", good, err)
+	}
+	var ref rlwe.Scale
+	if err := ref.UnmarshalJSON([]byte(good)); err != nil || !ref.Equal(sc) {
+		t.Fatalf("parseScale(%s) = %v, Lattigo reads %v (%v)", good, sc.Value.String(), ref.Value.String(), err)
+	}
+	for _, bad := range []string{`{}`, `null`, `{"Value":"1e40","Mod":"x"}`, `{"Value":"1e40","Mod":"7"}`, `{"Value":"-1","Mod":"0"}`, `{"Value":"Inf","Mod":"0"}`, `{"Value":"0","Mod":"0"}`, `[`} {
+		bm := proto.Clone(m).(*RefreshRequest)
+		bm.Items[0].Scale = bad
+		_, err := RefreshRequestFromProto(params, bm, 8)
+		wantCode(t, err, codes.InvalidArgument, "malformed scale")
 	}
 }
