@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"math"
+	"math/big"
 	"sync"
 
 	"github.com/tuneinsight/lattigo/v6/circuits/ckks/bootstrapping"
@@ -75,20 +76,52 @@ func GenBootstrappingKeys(btp bootstrapping.Parameters, sk *rlwe.SecretKey) (*bo
 type Bootstrapper struct {
 	params ckks.Parameters
 	btp    *bootstrapping.Evaluator
+	bound  float64
 	mu     sync.Mutex
 }
 
-// NewBootstrapper builds the server side from the client's bootstrapping keys.
+// NewBootstrapper builds the server side from the client's bootstrapping
+// keys, for slot values in [-1, 1] (NewBootstrapperBound for others).
 func NewBootstrapper(btp bootstrapping.Parameters, keys *bootstrapping.EvaluationKeys) (*Bootstrapper, error) {
+	return NewBootstrapperBound(btp, keys, 1)
+}
+
+// NewBootstrapperBound builds a bootstrapper for inputs whose slot values
+// (every slot, real and imaginary parts) lie in [-bound, bound]. Lattigo's
+// bootstrapping is accurate for messages of magnitude up to about 1 (its
+// message ratio); larger values break its modular reduction. The division
+// by bound before and the multiplication after are both free: the input's
+// scale metadata is multiplied by bound (a ciphertext of scale Δ·bound
+// decrypts to m/bound; Lattigo's ScaleDown matches any scale in the level it
+// consumes anyway, so with bound ≠ 1 inputs must be at level ≥ 1), and the
+// SlotsToCoeffs matrices (plaintext constants) are multiplied by bound. The
+// output holds the input's values at the default scale; its absolute error
+// is bound times the bootstrapping precision (about 2^-25 at the presets
+// here). A power-of-two bound keeps the scales exact. The keys do not
+// depend on bound.
+func NewBootstrapperBound(btp bootstrapping.Parameters, keys *bootstrapping.EvaluationKeys, bound float64) (*Bootstrapper, error) {
 	if keys == nil {
 		return nil, errors.New("he: bootstrapper: nil keys")
+	}
+	if !(bound >= 1) || math.IsInf(bound, 0) {
+		return nil, fmt.Errorf("he: bootstrapper: value bound %g must be finite and ≥ 1", bound)
+	}
+	if bound != 1 {
+		s := new(big.Float).SetFloat64(bound)
+		if btp.SlotsToCoeffsParameters.Scaling != nil {
+			s.Mul(s, btp.SlotsToCoeffsParameters.Scaling)
+		}
+		btp.SlotsToCoeffsParameters.Scaling = s // btp is a copy: the caller's parameters are untouched
 	}
 	ev, err := bootstrapping.NewEvaluator(btp, keys)
 	if err != nil {
 		return nil, fmt.Errorf("he: bootstrapper: %w", err)
 	}
-	return &Bootstrapper{params: btp.ResidualParameters, btp: ev}, nil
+	return &Bootstrapper{params: btp.ResidualParameters, btp: ev, bound: bound}, nil
 }
+
+// Bound is the value bound the bootstrapper was built for.
+func (b *Bootstrapper) Bound() float64 { return b.bound }
 
 // OutputLevel is the level of a bootstrapped ciphertext.
 func (b *Bootstrapper) OutputLevel() int { return b.btp.OutputLevel() }
@@ -121,6 +154,8 @@ func (b *Bootstrapper) Refresh(ctx context.Context, cts []*rlwe.Ciphertext, opts
 			return nil, fmt.Errorf("he: bootstrap: ciphertext %d has degree %d, relinearize it first", i, ct.Degree())
 		case ct.Value[0].N() != b.params.N():
 			return nil, fmt.Errorf("he: bootstrap: ciphertext %d has ring degree %d, parameters have %d", i, ct.Value[0].N(), b.params.N())
+		case ct.Level() == 0 && b.bound != 1:
+			return nil, fmt.Errorf("he: bootstrap: ciphertext %d is at level 0: with a value bound (%g) the input needs level ≥ 1 (the scale match spends it)", i, b.bound)
 		case ct.Level() == 0 && !ct.Scale.Equal(b.params.DefaultScale()):
 			// Lattigo's ScaleDown at level 0 multiplies by an integer and
 			// drops the residual scale error: only exact default scales
@@ -131,8 +166,12 @@ func (b *Bootstrapper) Refresh(ctx context.Context, cts []*rlwe.Ciphertext, opts
 		if err := ctx.Err(); err != nil {
 			return nil, err
 		}
+		in := ct.CopyNew() // Lattigo's ScaleDown works in place
+		if b.bound != 1 {
+			in.Scale = in.Scale.Mul(rlwe.NewScale(b.bound)) // decrypts to m/bound
+		}
 		b.mu.Lock()
-		r, err := b.btp.Bootstrap(ct.CopyNew()) // Lattigo's ScaleDown works in place
+		r, err := b.btp.Bootstrap(in)
 		b.mu.Unlock()
 		if err != nil {
 			return nil, fmt.Errorf("he: bootstrap ciphertext %d: %w", i, err)

@@ -146,3 +146,57 @@ func TestBootstrapParametersChecks(t *testing.T) {
 	require.LessOrEqual(t, btp.BootstrappingParameters.LogQP(), float64(MaxLogQPForSecurity(16, 128)))
 	t.Logf("n16-boot-128: bootstrapping log2(QP) = %.1f (bound 1772), residual levels %d", btp.BootstrappingParameters.LogQP(), btp.ResidualParameters.MaxLevel())
 }
+
+// TestBootstrapBound (insecure-boot-test): values in [-700, 700] bootstrap
+// correctly with a value bound of 1024 (free scale-down by metadata and
+// scale-up in SlotsToCoeffs; the absolute error grows by the bound), a
+// bound is refused at level 0, and the same values without the bound come
+// out far less accurate (Lattigo's sine approximation of the modular
+// reduction is only accurate near 0).
+func TestBootstrapBound(t *testing.T) {
+	btp, err := BootstrapParameters(InsecureBootTest, true)
+	require.NoError(t, err)
+	params := btp.ResidualParameters
+	sk := rlwe.NewKeyGenerator(params).GenSecretKeyNew()
+	keys, err := GenBootstrappingKeys(btp, sk)
+	require.NoError(t, err)
+	_, err = NewBootstrapperBound(btp, keys, 0.5)
+	require.Error(t, err)
+	b, err := NewBootstrapperBound(btp, keys, 1024)
+	require.NoError(t, err)
+	require.Equal(t, 1024.0, b.Bound())
+	ecd := ckks.NewEncoder(params)
+	enc := rlwe.NewEncryptor(params, sk)
+	dec := rlwe.NewDecryptor(params, sk)
+	v := uniformIn(params.MaxSlots(), -700, 700, rand.New(rand.NewPCG(3, 4)))
+	pt := ckks.NewPlaintext(params, 1)
+	require.NoError(t, ecd.Encode(v, pt))
+	ct, err := enc.EncryptNew(pt)
+	require.NoError(t, err)
+	out, err := b.Refresh(context.Background(), []*rlwe.Ciphertext{ct}, RefreshOptions{Level: -1})
+	require.NoError(t, err)
+	require.Equal(t, params.MaxLevel(), out[0].Level())
+	require.True(t, out[0].Scale.Equal(params.DefaultScale()))
+	got := make([]float64, params.MaxSlots())
+	require.NoError(t, ecd.Decode(dec.DecryptNew(out[0]), got))
+	e := maxAbsDiff(got, v)
+	t.Logf("bound 1024, values in [-700, 700]: max abs error 2^%.1f", math.Log2(e))
+	require.Less(t, e, 1024*0x1p-15)
+	require.NoError(t, ecd.Decode(dec.DecryptNew(ct), got))
+	require.Less(t, maxAbsDiff(got, v), 0x1p-10, "input modified")
+
+	at0 := ct.CopyNew()
+	at0.Resize(1, 0)
+	_, err = b.Refresh(context.Background(), []*rlwe.Ciphertext{at0}, RefreshOptions{Level: -1})
+	require.ErrorContains(t, err, "level ≥ 1")
+
+	plain, err := NewBootstrapper(btp, keys)
+	require.NoError(t, err)
+	out, err = plain.Refresh(context.Background(), []*rlwe.Ciphertext{ct}, RefreshOptions{Level: -1})
+	if err == nil {
+		require.NoError(t, ecd.Decode(dec.DecryptNew(out[0]), got))
+		e1 := maxAbsDiff(got, v)
+		t.Logf("same values without the bound: max abs error 2^%.1f", math.Log2(e1))
+		require.Greater(t, e1, 64*e, "the bound should buy accuracy on values of magnitude 700")
+	}
+}
