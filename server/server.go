@@ -342,8 +342,9 @@ func (s *Server) CreateSession(stream pb.Entropi_CreateSessionServer) (err error
 		s.mu.Unlock()
 	}()
 
-	evk := make([]byte, 0, h.EvaluationKeyBytes)
-	pkb := make([]byte, 0, h.PublicKeyBytes)
+	// The buffers grow with the bytes that arrive, not with the declared
+	// sizes: a header alone (declaring up to the cap) costs nothing.
+	var evk, pkb []byte
 	for {
 		m, err := recvTimeout(stream.Recv, s.cfg.IdleTimeout)
 		if err == io.EOF {
@@ -385,7 +386,7 @@ func (s *Server) CreateSession(stream pb.Entropi_CreateSessionServer) (err error
 		if c.Offset+uint64(len(c.Data)) > total {
 			return pb.Errorf(codes.InvalidArgument, "%v chunk ends at %d, past the declared %d bytes", c.Kind, c.Offset+uint64(len(c.Data)), total)
 		}
-		*buf = append(*buf, c.Data...)
+		*buf = appendChunk(*buf, c.Data, total)
 	}
 	if uint64(len(evk)) != h.EvaluationKeyBytes || uint64(len(pkb)) != h.PublicKeyBytes {
 		return pb.Errorf(codes.InvalidArgument, "upload ended early: %d of %d evaluation-key bytes, %d of %d public-key bytes",
@@ -404,7 +405,12 @@ func (s *Server) CreateSession(stream pb.Entropi_CreateSessionServer) (err error
 		return err
 	}
 	// Seeded keys are expanded once here; the memory charged is what the
-	// session holds.
+	// session holds. Their expanded size is known before expanding: refuse
+	// keys whose expansion would not fit before allocating it.
+	if want := expandedBytes(ek) + int64(pk.BinarySize()); want > caps.MaxKeyBytes || s.wouldExceed(reserved, want) {
+		return pb.Errorf(codes.ResourceExhausted, "expanded keys of %d bytes would exceed the key memory limit of %d bytes (%d held by other sessions)",
+			want, caps.MaxKeyBytes, s.KeyBytes()-reserved)
+	}
 	if err := ek.Expand(l.params); err != nil {
 		return pb.Errorf(codes.InvalidArgument, "evaluation keys: %v", err)
 	}
@@ -444,6 +450,57 @@ func (s *Server) CreateSession(stream pb.Entropi_CreateSessionServer) (err error
 		"upload_bytes", tr.Bytes(pb.PhaseSetup, pb.Up), "key_bytes_held", held, "galois_keys", len(ek.GaloisElements()),
 		"seconds", time.Since(t0).Seconds())
 	return nil
+}
+
+// appendChunk appends data to buf, growing it at most to twice what has
+// arrived and never past total (the declared size, already checked against
+// the caps), so memory follows the bytes received.
+func appendChunk(buf, data []byte, total uint64) []byte {
+	if need := len(buf) + len(data); need > cap(buf) {
+		nb := make([]byte, len(buf), min(uint64(max(2*cap(buf), need)), max(total, uint64(need))))
+		copy(nb, buf)
+		buf = nb
+	}
+	return append(buf, data...)
+}
+
+// expandedBytes is ek.BinarySize() after ek.Expand: each seeded key drops
+// its seed and gains a second polynomial per gadget entry, shaped as the
+// first.
+func expandedBytes(ek *he.EvaluationKeys) int64 {
+	n := int64(ek.BinarySize())
+	add := func(k *rlwe.EvaluationKey) {
+		if k == nil || !k.IsCompressed() {
+			return
+		}
+		if k.Seed != nil {
+			n -= int64(len(*k.Seed))
+		}
+		for i := range k.Value {
+			for j := range k.Value[i] {
+				if len(k.Value[i][j]) > 0 {
+					n += int64(k.Value[i][j][0].BinarySize())
+				}
+			}
+		}
+	}
+	if rlk := ek.Set.RelinearizationKey; rlk != nil {
+		add(&rlk.EvaluationKey)
+	}
+	for _, gk := range ek.Set.GaloisKeys {
+		if gk != nil {
+			add(&gk.EvaluationKey)
+		}
+	}
+	return n
+}
+
+// wouldExceed reports whether replacing a reservation by want bytes would
+// take the key memory of all sessions past the cap.
+func (s *Server) wouldExceed(reserved, want int64) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.keyBytes-reserved+want > s.cfg.Caps.MaxKeyBytes
 }
 
 // checkPublicOnly verifies, by type, that a key set holds only public
