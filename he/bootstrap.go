@@ -130,6 +130,21 @@ func (b *Bootstrapper) OutputLevel() int { return b.btp.OutputLevel() }
 // must be exactly the default scale, a power of two for the presets here).
 // The inputs are not modified.
 func (b *Bootstrapper) Refresh(ctx context.Context, cts []*rlwe.Ciphertext, opts RefreshOptions) ([]*rlwe.Ciphertext, error) {
+	return b.RefreshBound(ctx, cts, opts, b.bound)
+}
+
+// RefreshBound is Refresh for inputs whose slot values lie in
+// [-bound, bound], bound ≥ Bound(): the input is divided by bound (scale
+// metadata, free), bootstrapped, and multiplied back by Bound() in
+// SlotsToCoeffs and by the integer bound/Bound() (free: no level; the
+// absolute error grows by bound, as it must). bound/Bound() must be an
+// integer; with powers of two everything stays exact. One bootstrapper
+// thus serves refresh points of different ranges.
+func (b *Bootstrapper) RefreshBound(ctx context.Context, cts []*rlwe.Ciphertext, opts RefreshOptions, bound float64) ([]*rlwe.Ciphertext, error) {
+	k := bound / b.bound
+	if !(k >= 1) || k != math.Trunc(k) || k > 1<<40 {
+		return nil, fmt.Errorf("he: bootstrap: value bound %g is not an integer multiple (≤ 2^40) of the bootstrapper's bound %g", bound, b.bound)
+	}
 	level, scale, err := resolveTarget(b.params, opts)
 	if err != nil {
 		return nil, err
@@ -154,8 +169,8 @@ func (b *Bootstrapper) Refresh(ctx context.Context, cts []*rlwe.Ciphertext, opts
 			return nil, fmt.Errorf("he: bootstrap: ciphertext %d has degree %d, relinearize it first", i, ct.Degree())
 		case ct.Value[0].N() != b.params.N():
 			return nil, fmt.Errorf("he: bootstrap: ciphertext %d has ring degree %d, parameters have %d", i, ct.Value[0].N(), b.params.N())
-		case ct.Level() == 0 && b.bound != 1:
-			return nil, fmt.Errorf("he: bootstrap: ciphertext %d is at level 0: with a value bound (%g) the input needs level ≥ 1 (the scale match spends it)", i, b.bound)
+		case ct.Level() == 0 && bound != 1:
+			return nil, fmt.Errorf("he: bootstrap: ciphertext %d is at level 0: with a value bound (%g) the input needs level ≥ 1 (the scale match spends it)", i, bound)
 		case ct.Level() == 0 && !ct.Scale.Equal(b.params.DefaultScale()):
 			// Lattigo's ScaleDown at level 0 multiplies by an integer and
 			// drops the residual scale error: only exact default scales
@@ -167,11 +182,14 @@ func (b *Bootstrapper) Refresh(ctx context.Context, cts []*rlwe.Ciphertext, opts
 			return nil, err
 		}
 		in := ct.CopyNew() // Lattigo's ScaleDown works in place
-		if b.bound != 1 {
-			in.Scale = in.Scale.Mul(rlwe.NewScale(b.bound)) // decrypts to m/bound
+		if bound != 1 {
+			in.Scale = in.Scale.Mul(rlwe.NewScale(bound)) // decrypts to m/bound
 		}
 		b.mu.Lock()
 		r, err := b.btp.Bootstrap(in)
+		if err == nil && k > 1 {
+			err = b.btp.Evaluator.Mul(r, uint64(k), r) // integer: no level, scale unchanged
+		}
 		b.mu.Unlock()
 		if err != nil {
 			return nil, fmt.Errorf("he: bootstrap ciphertext %d: %w", i, err)

@@ -185,6 +185,20 @@ func TestBootstrapBound(t *testing.T) {
 	require.NoError(t, ecd.Decode(dec.DecryptNew(ct), got))
 	require.Less(t, maxAbsDiff(got, v), 0x1p-10, "input modified")
 
+	// The same values through a bootstrapper built for [-1, 1], with the
+	// bound given per call (integer scale-up after the bootstrap).
+	unit, err := NewBootstrapper(btp, keys)
+	require.NoError(t, err)
+	out, err = unit.RefreshBound(context.Background(), []*rlwe.Ciphertext{ct}, RefreshOptions{Level: -1}, 1024)
+	require.NoError(t, err)
+	require.True(t, out[0].Scale.Equal(params.DefaultScale()))
+	require.NoError(t, ecd.Decode(dec.DecryptNew(out[0]), got))
+	eCall := maxAbsDiff(got, v)
+	t.Logf("bound 1024 per call on a unit bootstrapper: max abs error 2^%.1f", math.Log2(eCall))
+	require.Less(t, eCall, 1024*0x1p-15)
+	_, err = b.RefreshBound(context.Background(), []*rlwe.Ciphertext{ct}, RefreshOptions{Level: -1}, 1536)
+	require.ErrorContains(t, err, "integer multiple")
+
 	at0 := ct.CopyNew()
 	at0.Resize(1, 0)
 	_, err = b.Refresh(context.Background(), []*rlwe.Ciphertext{at0}, RefreshOptions{Level: -1})
