@@ -34,6 +34,7 @@ type memStream[Req, Res any] struct {
 	grpc.ServerStream // nil: the handlers use only the methods below
 	ctx               context.Context
 	next              func() (*Req, error)
+	onSend            func(*Res) // called before a message is recorded
 
 	mu   sync.Mutex
 	sent []*Res
@@ -42,6 +43,9 @@ type memStream[Req, Res any] struct {
 func (m *memStream[Req, Res]) Context() context.Context { return m.ctx }
 func (m *memStream[Req, Res]) Recv() (*Req, error)      { return m.next() }
 func (m *memStream[Req, Res]) Send(r *Res) error {
+	if m.onSend != nil {
+		m.onSend(r)
+	}
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	m.sent = append(m.sent, r)

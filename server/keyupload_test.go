@@ -1,6 +1,8 @@
 package server_test
 
 import (
+	"context"
+	"io"
 	"runtime"
 	"testing"
 
@@ -53,5 +55,55 @@ func TestExpandedKeysOverTheCapRefused(t *testing.T) {
 	wantStatus(t, err, codes.ResourceExhausted, "would exceed the key memory limit")
 	if kb, n := h.srv.KeyBytes(), h.srv.Sessions(); kb != 0 || n != 0 {
 		t.Fatalf("after the refusal: %d key bytes, %d sessions", kb, n)
+	}
+}
+
+// When a session is registered its reservation (declared bytes, one
+// pending slot) becomes the session at once. It used to be released only
+// when the handler returned, after the response was sent: in between the
+// session was counted twice, the accounted key memory passed the cap
+// (TestConcurrentLoad under -race) and a concurrent upload was refused a
+// slot that was free.
+func TestSessionReservationHandedOver(t *testing.T) {
+	m := fakeModel(t)
+	caps := pb.DefaultCaps()
+	caps.MaxSessions = 2
+	srv, err := server.New(server.Config{Caps: caps, AllowInsecure: true, Logger: quietLogger()}, m)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer srv.Close()
+	_, evk, pkb := fakeKeys(t)
+	chunks := keyChunks(evk, pkb, 1<<20)
+	stream := func() *memStream[pb.CreateSessionRequest, pb.CreateSessionResponse] {
+		i := -1
+		return &memStream[pb.CreateSessionRequest, pb.CreateSessionResponse]{ctx: context.Background(), next: func() (*pb.CreateSessionRequest, error) {
+			i++
+			switch {
+			case i == 0:
+				return &pb.CreateSessionRequest{Msg: &pb.CreateSessionRequest_Header{Header: header("fake", he.InsecureTest, evk, pkb)}}, nil
+			case i <= len(chunks):
+				return &pb.CreateSessionRequest{Msg: &pb.CreateSessionRequest_Chunk{Chunk: chunks[i-1]}}, nil
+			}
+			return nil, io.EOF
+		}}
+	}
+	first := stream()
+	var inner error
+	first.onSend = func(r *pb.CreateSessionResponse) {
+		// The first session is registered; its handler has not returned.
+		if kb := srv.KeyBytes(); kb != int64(r.KeyBytes) {
+			t.Errorf("with one session of %d bytes, %d bytes accounted", r.KeyBytes, kb)
+		}
+		inner = srv.CreateSession(stream()) // the second of two slots
+	}
+	if err := srv.CreateSession(first); err != nil {
+		t.Fatal(err)
+	}
+	if inner != nil {
+		t.Fatalf("a second session (limit 2) while the first one's response was being sent: %v", inner)
+	}
+	if n := srv.Sessions(); n != 2 {
+		t.Fatalf("%d sessions, want 2", n)
 	}
 }

@@ -334,11 +334,14 @@ func (s *Server) CreateSession(stream pb.Entropi_CreateSessionServer) (err error
 	s.pending++
 	s.keyBytes += declared
 	reserved := declared
+	pending := true // the slot and reservation are still ours to release
 	s.mu.Unlock()
 	defer func() {
 		s.mu.Lock()
-		s.pending--
-		s.keyBytes -= reserved
+		if pending {
+			s.pending--
+			s.keyBytes -= reserved
+		}
 		s.mu.Unlock()
 	}()
 
@@ -438,8 +441,14 @@ func (s *Server) CreateSession(stream pb.Entropi_CreateSessionServer) (err error
 		s.mu.Unlock()
 		return pb.Errorf(codes.ResourceExhausted, "expanded keys of %d bytes exceed the key memory limit of %d bytes", held, caps.MaxKeyBytes)
 	}
+	// The reservation becomes the session, in one step: released later
+	// (after the response is sent), it was counted twice in between, so
+	// that concurrent uploads were refused for memory and slots that
+	// were not taken (and the accounted total passed the cap).
 	s.sessions[id] = ss
-	s.keyBytes += held
+	s.keyBytes += held - reserved
+	s.pending--
+	pending = false
 	s.mu.Unlock()
 	if err := stream.SendAndClose(resp); err != nil {
 		s.drop(id, "client gone during session creation")
