@@ -109,7 +109,8 @@ func msgName(m *pb.GenerateRequest) string {
 
 // engineErr turns an error from the model into a status: the context's if
 // the client went away, Unavailable if the server cut the generation at
-// shutdown, Aborted if the session was dropped under the generation
+// shutdown, DeadlineExceeded if the session reached its age limit, Aborted
+// if the session was dropped under the generation
 // (closed by the client from another call), the protocol error behind it if a refresh round failed,
 // Internal otherwise.
 func (g *gen) engineErr(err error, what string) error {
@@ -120,6 +121,12 @@ func (g *gen) engineErr(err error, what string) error {
 		return pb.Errorf(codes.Unavailable, "%s: the server is shutting down (grace period over)", what)
 	}
 	if g.ctx != nil && g.ctx.Err() != nil {
+		g.ss.mu.Lock()
+		expired := g.ss.expired
+		g.ss.mu.Unlock()
+		if expired {
+			return pb.Errorf(codes.DeadlineExceeded, "%s: session %s reached the server's session age limit of %v", what, g.ss.id, g.s.cfg.MaxSessionAge)
+		}
 		return pb.Errorf(codes.Aborted, "%s: session %s was closed during the generation", what, g.ss.id)
 	}
 	g.rmu.Lock()
@@ -150,7 +157,7 @@ func (s *Server) Generate(stream pb.Entropi_GenerateServer) (err error) {
 	ss := s.sessions[st.SessionId]
 	s.mu.Unlock()
 	if ss == nil {
-		return pb.Errorf(codes.NotFound, "no session %q (expired after %v idle, closed, or never created)", st.SessionId, s.cfg.IdleTimeout)
+		return pb.Errorf(codes.NotFound, "no session %q (closed, dropped after %v idle or at the session age limit of %v, or never created)", st.SessionId, s.cfg.IdleTimeout, s.cfg.MaxSessionAge)
 	}
 	g.ss = ss
 	l := ss.model

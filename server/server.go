@@ -33,6 +33,10 @@ type Config struct {
 	// IdleTimeout drops a session that has not been used for this long
 	// (zero: 10 minutes). A running generation keeps its session alive.
 	IdleTimeout time.Duration
+	// MaxSessionAge bounds the total time a session lives, busy or not
+	// (zero: 24 hours): past it the session is dropped, a running
+	// generation ends with DeadlineExceeded, and its keys are freed.
+	MaxSessionAge time.Duration
 	// AllowInsecure serves models with "insecure-…" presets (tests only).
 	AllowInsecure bool
 	// Logger receives structured logs (nil: slog.Default()).
@@ -74,8 +78,11 @@ type session struct {
 	keyBytes int64
 	setup    pb.Traffic
 
+	created time.Time
+
 	mu       sync.Mutex
 	lastUsed time.Time
+	expired  bool // dropped for its age (MaxSessionAge)
 	busy     bool
 	cancel   context.CancelFunc // of the running generation
 	active   ModelSession       // the running generation's model session (its encrypted KV cache)
@@ -92,6 +99,9 @@ func New(cfg Config, models ...Model) (*Server, error) {
 	}
 	if cfg.IdleTimeout <= 0 {
 		cfg.IdleTimeout = 10 * time.Minute
+	}
+	if cfg.MaxSessionAge <= 0 {
+		cfg.MaxSessionAge = 24 * time.Hour
 	}
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
@@ -220,7 +230,7 @@ func (s *Server) KeyBytes() int64 {
 }
 
 func (s *Server) janitor() {
-	period := min(s.cfg.IdleTimeout/4, time.Second)
+	period := min(s.cfg.IdleTimeout/4, s.cfg.MaxSessionAge/4, time.Second)
 	t := time.NewTicker(max(period, 10*time.Millisecond))
 	defer t.Stop()
 	for {
@@ -228,11 +238,15 @@ func (s *Server) janitor() {
 		case <-s.stop:
 			return
 		case now := <-t.C:
-			var idle []string
+			var idle, old []string
 			s.mu.Lock()
 			for id, ss := range s.sessions {
 				ss.mu.Lock()
-				if !ss.busy && now.Sub(ss.lastUsed) > s.cfg.IdleTimeout {
+				switch {
+				case now.Sub(ss.created) > s.cfg.MaxSessionAge:
+					ss.expired = true
+					old = append(old, id)
+				case !ss.busy && now.Sub(ss.lastUsed) > s.cfg.IdleTimeout:
 					idle = append(idle, id)
 				}
 				ss.mu.Unlock()
@@ -240,6 +254,9 @@ func (s *Server) janitor() {
 			s.mu.Unlock()
 			for _, id := range idle {
 				s.drop(id, "idle timeout")
+			}
+			for _, id := range old {
+				s.drop(id, "session age limit")
 			}
 		}
 	}
@@ -435,7 +452,7 @@ func (s *Server) CreateSession(stream pb.Entropi_CreateSessionServer) (err error
 	}
 	resp := &pb.CreateSessionResponse{SessionId: id, KeyBytes: uint64(held), IdleTimeoutMs: s.cfg.IdleTimeout.Milliseconds(), MaxNewTokens: uint32(caps.MaxNewTokens)}
 	meter.Count(pb.PhaseSetup, pb.Down, resp)
-	ss := &session{id: id, model: l, keys: keys, keyBytes: held, lastUsed: time.Now(), setup: meter.Snapshot()}
+	ss := &session{id: id, model: l, keys: keys, keyBytes: held, created: time.Now(), lastUsed: time.Now(), setup: meter.Snapshot()}
 	s.mu.Lock()
 	if s.keyBytes-reserved+held > caps.MaxKeyBytes {
 		s.mu.Unlock()
