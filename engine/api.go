@@ -6,6 +6,7 @@ import (
 	"github.com/entropi-ai/entropi/approx"
 	"github.com/entropi-ai/entropi/he"
 	"github.com/entropi-ai/entropi/model"
+	"github.com/tuneinsight/lattigo/v6/circuits/ckks/bootstrapping"
 	"github.com/tuneinsight/lattigo/v6/core/rlwe"
 )
 
@@ -35,6 +36,17 @@ type Options struct {
 	// Flood are the flooding parameters of the logits (zero:
 	// he.DefaultFloodOptions).
 	Flood he.FloodOptions
+	// Refresh chooses how ciphertexts regain levels: RefreshInteractive
+	// (default; client-aided masked refresh rounds through a RefreshFunc)
+	// or RefreshBootstrap (Lattigo bootstrapping on the server, no client
+	// round; needs a bootstrapping preset such as he.N16Boot, and the
+	// client's bootstrapping keys in Keys.Bootstrap). See bootstrap.go.
+	Refresh RefreshMode
+	// BootstrapBound bounds the activations a bootstrap sees (every slot;
+	// zero: 1024, the masked refresh's floor), rounded up to a power of
+	// two; operands of the approximations use their calibrated ranges
+	// instead. Bootstrap mode only.
+	BootstrapBound float64
 }
 
 // RefreshFunc carries one masked-refresh round to the client and back (the
@@ -48,6 +60,9 @@ type RefreshFunc func(ctx context.Context, req *he.RefreshRequest) (*he.RefreshR
 type Keys struct {
 	Evaluation *he.EvaluationKeys
 	Public     *rlwe.PublicKey
+	// Bootstrap are the bootstrapping keys (he.GenBootstrappingKeys), only
+	// in bootstrap mode (Spec.Refresh).
+	Bootstrap *bootstrapping.EvaluationKeys
 }
 
 // Interface summary (server side):
@@ -56,7 +71,7 @@ type Keys struct {
 //	func (e *Engine) Plan() *Plan
 //	func (e *Engine) KeyRequest() *he.KeyRequest
 //	func (e *Engine) Spec() *Spec
-//	func (e *Engine) NewSession(keys *Keys, refresh RefreshFunc) (*Session, error)
+//	func (e *Engine) NewSession(keys *Keys, refresh RefreshFunc) (*Session, error) // refresh nil in bootstrap mode
 //	func (s *Session) Prefill(ctx, in []*rlwe.Ciphertext) (*rlwe.Ciphertext, error)
 //	func (s *Session) Decode(ctx, in *rlwe.Ciphertext) (*rlwe.Ciphertext, error)
 //	func (s *Session) Stats() Stats

@@ -225,7 +225,7 @@ func (b *backend) refresh(parts []*cval, idx []int, depth, minOut int, pre bool)
 			ro.Scale = cts[0].Scale
 		}
 	}
-	res, err := b.s.refresher.Refresh(b.ctx, cts, ro)
+	res, err := b.refreshCts(b.ctx, cts, idx, len(parts), ro) // bootstrap.go: masked refresh or bootstraps
 	if err != nil {
 		b.fail(fmt.Errorf("engine: refresh before %s: %w", o.Op, err))
 		return out

@@ -61,7 +61,8 @@ func (c *Client) KeyRequest() *he.KeyRequest {
 
 // Keys generates what the session needs: exactly the planned keys, each
 // only up to the level where it is used, compressed (seeded), and the
-// public key for flooding.
+// public key for flooding; in bootstrap mode (Spec.Refresh) also the
+// bootstrapping keys (he.GenBootstrappingKeys: about 7.3 GiB at N=2^16).
 func (c *Client) Keys() (*Keys, error) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
@@ -69,7 +70,13 @@ func (c *Client) Keys() (*Keys, error) {
 	if err != nil {
 		return nil, fmt.Errorf("engine: %w", err)
 	}
-	return &Keys{Evaluation: ek, Public: c.pk}, nil
+	k := &Keys{Evaluation: ek, Public: c.pk}
+	if c.spec.Refresh.bootstrap() {
+		if k.Bootstrap, err = c.genBootstrapKeys(); err != nil {
+			return nil, err
+		}
+	}
+	return k, nil
 }
 
 // EvaluationKeys is Keys().Evaluation.

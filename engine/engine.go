@@ -33,6 +33,7 @@ type Engine struct {
 	att       *he.Attention
 	preOK     bool
 	preMap    *he.SlotMap
+	boot      *bootPlan // bootstrap mode (bootstrap.go); nil: masked refresh
 
 	inPeriod, logitPeriod int
 
@@ -110,21 +111,31 @@ func New(w *model.Weights, set *approx.Set, opts Options) (*Engine, error) {
 	}
 
 	// Masked refresh: the value bound covers every range the calibration
-	// saw (with margin); the mask level follows from it.
-	e.mask = opts.Mask
-	if e.mask.Lambda == 0 {
-		e.mask = he.DefaultMaskOptions()
-		e.mask.ValueBound = valueBound(set, cfg.Context)
-	}
-	_, throwaway := rlwe.NewKeyGenerator(params).GenKeyPairNew() // planning only: the mask level needs no real key
-	mr, err := he.NewMaskedRefresher(params, throwaway, func(context.Context, *he.RefreshRequest) (*he.RefreshResponse, error) {
-		return nil, errors.New("planning only")
-	}, e.mask)
-	if err != nil {
-		return nil, fmt.Errorf("engine: %w", err)
-	}
-	if e.maskLevel, err = mr.MaskLevel(params.DefaultScale()); err != nil {
-		return nil, fmt.Errorf("engine: %w", err)
+	// saw (with margin); the mask level follows from it. Bootstrap mode
+	// (bootstrap.go) sets its own floor instead.
+	switch opts.Refresh {
+	case "", RefreshInteractive:
+		e.mask = opts.Mask
+		if e.mask.Lambda == 0 {
+			e.mask = he.DefaultMaskOptions()
+			e.mask.ValueBound = valueBound(set, cfg.Context)
+		}
+		_, throwaway := rlwe.NewKeyGenerator(params).GenKeyPairNew() // planning only: the mask level needs no real key
+		mr, err := he.NewMaskedRefresher(params, throwaway, func(context.Context, *he.RefreshRequest) (*he.RefreshResponse, error) {
+			return nil, errors.New("planning only")
+		}, e.mask)
+		if err != nil {
+			return nil, fmt.Errorf("engine: %w", err)
+		}
+		if e.maskLevel, err = mr.MaskLevel(params.DefaultScale()); err != nil {
+			return nil, fmt.Errorf("engine: %w", err)
+		}
+	case RefreshBootstrap:
+		if err := e.initBootstrap(); err != nil {
+			return nil, err
+		}
+	default:
+		return nil, fmt.Errorf("engine: unknown refresh mode %q (interactive, bootstrap)", opts.Refresh)
 	}
 	usable := params.MaxLevel() - e.maskLevel
 	for name, dep := range map[string]int{"exp": set.Exp.Depth()} {
@@ -242,7 +253,7 @@ func (e *Engine) planAll() error {
 	if err != nil {
 		return fmt.Errorf("engine: planning: %w", err)
 	}
-	p := &Plan{Preset: e.opts.Preset.Name, MaxLevel: L, MaskLevel: e.maskLevel, InputLevel: input,
+	p := &Plan{Preset: e.opts.Preset.Name, Mode: e.mode(), MaxLevel: L, MaskLevel: e.maskLevel, InputLevel: input,
 		Ops: b.ops, Refreshes: len(b.rounds), RefreshCts: b.roundCts, RefreshTargets: b.rounds,
 		CacheLevels: b.cacheLevel, Rotations: len(b.req.Rotations)}
 	for _, o := range p.Ops {
@@ -250,6 +261,9 @@ func (e *Engine) planAll() error {
 		p.CtCt += o.CtCt
 	}
 	e.plan, e.req = p, b.req
+	if e.boot != nil {
+		e.boot.annotate(p)
+	}
 
 	// Encode the products (largest first, in parallel).
 	blocks := make([]*linBlock, 0, len(b.collect))

@@ -28,11 +28,14 @@ type PlanOp struct {
 // model.Forward with a level-tracking backend (the same code as the
 // encrypted run, with no ciphertexts).
 type Plan struct {
-	Preset     string   `json:"preset"`
-	MaxLevel   int      `json:"max_level"`
-	MaskLevel  int      `json:"mask_level"`  // lowest level a masked refresh accepts
-	InputLevel int      `json:"input_level"` // level of the client's token ciphertext
-	Ops        []PlanOp `json:"ops"`
+	Preset string `json:"preset"`
+	// Mode: interactive (masked refresh rounds) or bootstrap (each
+	// refreshed ciphertext is one bootstrap, no client round).
+	Mode       RefreshMode `json:"mode"`
+	MaxLevel   int         `json:"max_level"`
+	MaskLevel  int         `json:"mask_level"`  // lowest level a masked refresh (or a bootstrap) accepts
+	InputLevel int         `json:"input_level"` // level of the client's token ciphertext
+	Ops        []PlanOp    `json:"ops"`
 	// Refreshes: refresh rounds per token and ciphertexts refreshed.
 	Refreshes, RefreshCts int
 	// RefreshTargets is the target level of each refresh round, in order.
@@ -47,8 +50,13 @@ type Plan struct {
 // String prints the plan as a table.
 func (p *Plan) String() string {
 	var b strings.Builder
-	fmt.Fprintf(&b, "preset %s: max level %d, masked refresh needs level ≥ %d, client encrypts at level %d\n",
-		p.Preset, p.MaxLevel, p.MaskLevel, p.InputLevel)
+	if p.Mode == RefreshBootstrap {
+		fmt.Fprintf(&b, "preset %s, bootstrap mode: bootstraps output level %d and need level ≥ %d, client encrypts at level %d\n",
+			p.Preset, p.MaxLevel, p.MaskLevel, p.InputLevel)
+	} else {
+		fmt.Fprintf(&b, "preset %s: max level %d, masked refresh needs level ≥ %d, client encrypts at level %d\n",
+			p.Preset, p.MaxLevel, p.MaskLevel, p.InputLevel)
+	}
 	tw := tabwriter.NewWriter(&b, 2, 4, 2, ' ', 0)
 	fmt.Fprintln(tw, "op\tkind\trefresh\tlevel in\tlevel out\tkey-switches\tct×ct\tnote")
 	for _, o := range p.Ops {
@@ -63,6 +71,9 @@ func (p *Plan) String() string {
 		fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t%d\t%d\t%d\t%s\n", o.Op, o.Kind, r, o.LevelIn, o.LevelOut, o.KeySwitches, o.CtCt, note)
 	}
 	tw.Flush()
+	if p.Mode == RefreshBootstrap {
+		fmt.Fprintf(&b, "bootstrap mode: %d refresh points, %d bootstraps per token, no client round\n", p.Refreshes, p.RefreshCts)
+	}
 	fmt.Fprintf(&b, "per token: %d refresh rounds (%d ciphertexts), %d key-switches, %d ct×ct products, %d rotation keys; KV cache levels %v\n",
 		p.Refreshes, p.RefreshCts, p.KeySwitches, p.CtCt, p.Rotations, p.CacheLevels)
 	return b.String()

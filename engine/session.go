@@ -34,12 +34,14 @@ type Session struct {
 }
 
 // NewSession validates the client's keys and builds its session. refresh
-// carries the masked-refresh rounds to the client.
+// carries the masked-refresh rounds to the client; in bootstrap mode it is
+// not used (may be nil) and keys.Bootstrap builds the session's
+// bootstrapper instead.
 func (e *Engine) NewSession(keys *Keys, refresh RefreshFunc) (*Session, error) {
 	if keys == nil || keys.Evaluation == nil {
 		return nil, errors.New("engine: session needs the client's evaluation keys")
 	}
-	if refresh == nil {
+	if refresh == nil && e.boot == nil {
 		return nil, errors.New("engine: session needs a refresh callback (the plan refreshes)")
 	}
 	s := &Session{e: e, counters: &he.Counters{}, workers: e.opts.Workers, enc: ckks.NewEncoder(e.params)}
@@ -57,7 +59,11 @@ func (e *Engine) NewSession(keys *Keys, refresh RefreshFunc) (*Session, error) {
 	if s.flooder, err = he.NewFlooder(e.params, keys.Public, floodOptions(e.opts)); err != nil {
 		return nil, fmt.Errorf("engine: %w", err)
 	}
-	if s.refresher, err = he.NewMaskedRefresher(e.params, keys.Public, he.RefreshTransport(refresh), e.mask); err != nil {
+	if e.boot != nil {
+		if s.refresher, err = e.newBootstrapper(keys); err != nil {
+			return nil, err
+		}
+	} else if s.refresher, err = he.NewMaskedRefresher(e.params, keys.Public, he.RefreshTransport(refresh), e.mask); err != nil {
 		return nil, fmt.Errorf("engine: %w", err)
 	}
 	for _, lc := range e.plan.CacheLevels {

@@ -18,6 +18,10 @@ type Spec struct {
 	Preset              he.Preset    `json:"preset"`
 	AllowInsecure       bool         `json:"allow_insecure,omitempty"`
 	ClientSideEmbedding bool         `json:"client_side_embedding"`
+	// Refresh is the refresh mode: "interactive" (or empty: the client
+	// answers masked-refresh rounds) or "bootstrap" (the client uploads
+	// bootstrapping keys as well and answers no round).
+	Refresh RefreshMode `json:"refresh,omitempty"`
 	// InputLevel: the level at which the client encrypts a token.
 	InputLevel int `json:"input_level"`
 	// InputPeriod: the token ciphertext holds the one-hot of the token
@@ -38,7 +42,7 @@ type Spec struct {
 // Spec returns the engine's public description.
 func (e *Engine) Spec() *Spec {
 	s := &Spec{Model: e.cfg, Preset: e.opts.Preset, AllowInsecure: e.opts.AllowInsecure,
-		ClientSideEmbedding: e.opts.ClientSideEmbedding, InputLevel: e.plan.InputLevel,
+		ClientSideEmbedding: e.opts.ClientSideEmbedding, Refresh: e.mode(), InputLevel: e.plan.InputLevel,
 		InputPeriod: e.inPeriod, LogitPeriod: e.logitPeriod, Rotations: map[int]int{}, RelinLevel: -1}
 	for k, l := range e.req.Rotations {
 		s.Rotations[k] = l
@@ -83,6 +87,12 @@ func (s *Spec) Check() error {
 		return fmt.Errorf("engine: spec: periods %d / %d do not fit %d slots", s.InputPeriod, s.LogitPeriod, slots)
 	case s.ClientSideEmbedding && len(s.Embedding) != s.Model.Vocab:
 		return fmt.Errorf("engine: spec: client-side embedding without the embedding table")
+	}
+	if _, err := ParseRefreshMode(string(s.Refresh)); err != nil {
+		return fmt.Errorf("engine: spec: %w", err)
+	}
+	if s.Refresh.bootstrap() && s.Preset.Secret != he.SecretSparse {
+		return fmt.Errorf("engine: spec: bootstrap mode needs a bootstrapping preset (sparse secret), %s has %q", s.Preset.Name, s.Preset.Secret)
 	}
 	for k, l := range s.Rotations {
 		if k <= 0 || k >= slots || l < 0 || l > s.Preset.MaxLevel() {
