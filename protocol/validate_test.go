@@ -311,3 +311,46 @@ func TestRefreshScaleFromHostileServer(t *testing.T) {
 		wantCode(t, err, codes.InvalidArgument, "malformed scale")
 	}
 }
+
+// Metadata fields a forged ciphertext may carry: domain flags, slot
+// dimensions, a modular scale.
+func TestCiphertextMetadataRejections(t *testing.T) {
+	params, ck := testParams(t)
+	ct, err := ck.Encrypt([]float64{1, 2, 3}, -1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cases := map[string]struct {
+		mut  func(c *rlwe.Ciphertext)
+		want string
+	}{
+		"not NTT":         {func(c *rlwe.Ciphertext) { c.IsNTT = false }, "domain flags"},
+		"Montgomery":      {func(c *rlwe.Ciphertext) { c.IsMontgomery = true }, "domain flags"},
+		"not batched":     {func(c *rlwe.Ciphertext) { c.IsBatched = false }, "domain flags"},
+		"bit-reversed":    {func(c *rlwe.Ciphertext) { c.IsBitReversed = true }, "domain flags"},
+		"too many slots":  {func(c *rlwe.Ciphertext) { c.LogDimensions.Cols = params.LogMaxSlots() + 1 }, "slot dimensions"},
+		"matrix slots":    {func(c *rlwe.Ciphertext) { c.LogDimensions.Rows = 1 }, "slot dimensions"},
+		"negative slots":  {func(c *rlwe.Ciphertext) { c.LogDimensions.Cols = -1 }, "slot dimensions"},
+		"modular scale":   {func(c *rlwe.Ciphertext) { c.Scale = rlwe.NewScaleModT(params.DefaultScale().Float64(), 65537) }, "scale"},
+		"scale far below": {func(c *rlwe.Ciphertext) { c.Scale = rlwe.NewScale(2) }, "scale"},
+	}
+	for name, tc := range cases {
+		t.Run(name, func(t *testing.T) {
+			c := ct.CopyNew()
+			tc.mut(c)
+			b, err := c.MarshalBinary()
+			if err != nil {
+				t.Fatal(err)
+			}
+			_, err = UnmarshalCiphertext(params, b, AnyLevelRule(params))
+			wantCode(t, err, codes.InvalidArgument, tc.want)
+		})
+	}
+	// Fewer slots than the maximum are legitimate (sparse packing).
+	c := ct.CopyNew()
+	c.LogDimensions.Cols = params.LogMaxSlots() - 2
+	b, _ := c.MarshalBinary()
+	if _, err := UnmarshalCiphertext(params, b, AnyLevelRule(params)); err != nil {
+		t.Fatalf("a sparse ciphertext: %v", err)
+	}
+}
