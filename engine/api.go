@@ -30,6 +30,11 @@ type Options struct {
 	// less time and far less plaintext memory at large d — for one more
 	// round trip per product.
 	PreRotateLinear bool
+	// PrefillBatch is the number of prompt tokens packed token-major into
+	// one ciphertext by Session.Prefill (a power of two ≤ Slots/Dim; see
+	// prefill.go). 0: Slots/Dim, capped at the context; 1: token by token
+	// through the decode path.
+	PrefillBatch int
 	// Mask are the masked-refresh parameters (zero: he.DefaultMaskOptions
 	// with the value bound derived from the calibration).
 	Mask he.MaskOptions

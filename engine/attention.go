@@ -29,6 +29,9 @@ func (b *backend) Attention(layer int, qkv *val, pos0 int, scoreScale *mat.Dense
 	if b.err != nil {
 		return b.errVal(1)
 	}
+	if qkv.tm {
+		return b.attentionTM(layer, qkv, pos0, scoreScale)
+	}
 	defer b.timed("attention", b.mark())
 	e := b.e
 	m := e.maskLevel

@@ -43,6 +43,15 @@ type backend struct {
 	input *rlwe.Ciphertext
 	tok   *TokenStats
 	err   error
+
+	// Batched prefill (prefill.go): rows > 1 runs model.Forward on rows
+	// tokens packed token-major; inputs are their ciphertexts. skipHead
+	// skips ln_f and the LM head (every batch but the prompt's last);
+	// headRound is the number of refresh rounds made before the head.
+	rows      int
+	inputs    []*rlwe.Ciphertext
+	skipHead  bool
+	headRound int
 }
 
 // linBlock is one d×d (or embedding / LM head) product to encode.
@@ -52,7 +61,8 @@ type linBlock struct {
 	out, in      int
 	level        int
 	pre          bool
-	replicatedIn int // input period for non-square products
+	replicatedIn int  // input period for non-square products
+	batched      bool // he.Planner.Batched (token-major prefill), d×d
 }
 
 func newBackend(e *Engine, dry bool) *backend {
@@ -335,6 +345,9 @@ func (b *backend) errVal(n int) *val {
 // client-side embedding) times the embedding matrix, plus the positional
 // embedding as a plaintext.
 func (b *backend) Embed(tokens []int, pos0 int, wte, wpe *mat.Dense) *val {
+	if b.rows > 1 && len(tokens) == b.rows {
+		return b.embedTM(pos0, wte, wpe)
+	}
 	if len(tokens) != 1 {
 		b.failf("engine: the encrypted backend runs one token per step (got %d)", len(tokens))
 		return b.errVal(1)
@@ -444,6 +457,9 @@ func (b *backend) Linear(name string, x *val, w *mat.Dense, bias []float64) *val
 	nIn, nOut := in/d, out/d
 	if b.err != nil {
 		return b.errVal(nOut)
+	}
+	if x.tm {
+		return b.linearTM(name, x, w, bias)
 	}
 	if in%d != 0 || out%d != 0 || len(x.parts) != nIn {
 		b.failf("engine: %s: shape [%d, %d] with %d input chunks of %d", name, in, out, len(x.parts), d)
@@ -572,12 +588,12 @@ func (b *backend) materialize(x *val, what string) *val {
 			y = b.mulVec(y, b.e.replicate(v))
 		}
 		if x.bias != nil {
-			y = b.addVec(y, b.e.replicate(x.bias[i*d:(i+1)*d]))
+			y = b.addVec(y, b.vecLike(x, x.bias[i*d:(i+1)*d]))
 		}
 		out[i] = y
 	}
 	b.end(out[0].level)
-	return &val{parts: out}
+	return &val{parts: out, tm: x.tm, rows: x.rows}
 }
 
 func (b *backend) Add(x, y *val) *val {
@@ -593,7 +609,7 @@ func (b *backend) Add(x, y *val) *val {
 	for i := range out {
 		out[i] = b.add(x.parts[i], y.parts[i])
 	}
-	return &val{parts: out}
+	return &val{parts: out, tm: x.tm, rows: x.rows}
 }
 
 func (b *backend) Scale(x *val, s float64) *val {
@@ -635,7 +651,7 @@ func (b *backend) Activate(x *val, act string) *val {
 	for i, o := range out {
 		b.trace(fmt.Sprintf("gelu[%d]", i), o)
 	}
-	return &val{parts: out}
+	return &val{parts: out, tm: x.tm, rows: x.rows}
 }
 
 // polyAll evaluates a polynomial on every part (in parallel, one
@@ -675,6 +691,9 @@ func (b *backend) LayerNorm(name string, x *val, g, bb []float64, eps float64) *
 	if b.err != nil {
 		return x
 	}
+	if x.tm {
+		return b.layerNormTM(name, x, g, bb, eps)
+	}
 	defer b.timed("layernorm", b.mark())
 	x = b.materialize(x, name)
 	d := b.e.cfg.Dim
@@ -710,6 +729,9 @@ func (b *backend) LayerNorm(name string, x *val, g, bb []float64, eps float64) *
 func (b *backend) Logits(x *val, wte *mat.Dense) *val {
 	if b.err != nil {
 		return b.errVal(1)
+	}
+	if x.tm {
+		return b.logitsTM(x, wte)
 	}
 	defer b.timed("logits", b.mark())
 	vocab, d := wte.Dims()

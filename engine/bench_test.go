@@ -2,7 +2,9 @@ package engine
 
 import (
 	"context"
+	"fmt"
 	"os"
+	"sort"
 	"strconv"
 	"testing"
 	"time"
@@ -160,4 +162,148 @@ func benchModel(b *testing.B, w *model.Weights, set *approx.Set, preset he.Prese
 	b.ReportMetric(float64(dec.CtCt)/float64(n), "ctct/token")
 	b.Logf("prefill %d tokens: %v (%v)", promptLen, tPrefill.Round(time.Millisecond), &pre)
 	b.Logf("decode mean over %d tokens: %v/token; last: %v", n, (dec.Time / time.Duration(n)).Round(time.Millisecond), &st.Tokens[len(st.Tokens)-1])
+}
+
+// BenchmarkPrefill compares the batched prefill (Session.Prefill, prompt
+// tokens packed token-major) with the token-by-token one
+// (Session.PrefillSequential, the decode path per token) on one engine, for
+// prompts of 8, 16 and 32 tokens: latency, refresh rounds and refresh
+// traffic (client and server in one process, masked refresh in process).
+// Each iteration is a fresh session on the same keys. Reported: median
+// milliseconds per prefill, refresh rounds, refreshed ciphertexts, MB down
+// (refresh requests) and up (refresh answers) per prefill; the prompt's own
+// ciphertexts (the same in both modes) are not counted.
+//
+// Default: tiny random models (d 32, 2 layers, vocab 64, context 32) of both
+// block types at the insecure test preset (N=2^12; no security):
+//
+//	go test -run '^$' -bench Prefill -benchtime 3x ./engine/
+//
+// At a 128-bit preset with random models of the shipped size (d 256, 4
+// layers, 4 heads, vocab 1024, context 128; about 1 h on 2 cores, several
+// GiB of memory):
+//
+//	ENTROPI_PRESET=n14-128 ENTROPI_PREFILL_MODEL=shipped go test -run '^$' -bench Prefill -benchtime 1x -timeout 180m ./engine/
+//
+// ENTROPI_MODEL=path uses a checkpoint instead.
+func BenchmarkPrefill(b *testing.B) {
+	presetName := os.Getenv("ENTROPI_PRESET")
+	if presetName == "" {
+		presetName = he.InsecureTest.Name
+	}
+	preset, err := he.PresetByName(presetName)
+	if err != nil {
+		b.Fatal(err)
+	}
+	type mdl struct {
+		w   *model.Weights
+		set *approx.Set
+	}
+	var models []mdl
+	switch {
+	case os.Getenv("ENTROPI_MODEL") != "":
+		ck, err := model.Load(os.Getenv("ENTROPI_MODEL"))
+		if err != nil {
+			b.Fatal(err)
+		}
+		models = append(models, mdl{ck.Weights, ck.Approx})
+	case os.Getenv("ENTROPI_PREFILL_MODEL") == "shipped":
+		for _, cfg := range []model.Config{model.EntropyGuided(1024, 128, 256, 4, 4), model.Baseline(1024, 128, 256, 4, 4)} {
+			w, err := model.NewRandom(cfg, 1)
+			if err != nil {
+				b.Fatal(err)
+			}
+			models = append(models, mdl{w, nil})
+		}
+	default:
+		for _, kind := range []string{"entropy-guided", "baseline"} {
+			w, err := model.NewRandom(tinyConfig(kind), 1)
+			if err != nil {
+				b.Fatal(err)
+			}
+			models = append(models, mdl{w, nil})
+		}
+	}
+	for _, m := range models {
+		cfg := m.w.Config
+		set := m.set
+		if set == nil {
+			cal, err := model.Calibrate(m.w, randomSeqs(cfg, 8, cfg.Context, 2), testCalibration)
+			if err != nil {
+				b.Fatal(err)
+			}
+			set = cal.Set
+		}
+		set, _, err := FitToPreset(set, preset, true, cfg.Context)
+		if err != nil {
+			b.Fatal(err)
+		}
+		eng, err := New(m.w, set, Options{Preset: preset, AllowInsecure: true})
+		if err != nil {
+			b.Fatal(err)
+		}
+		client, err := NewClient(eng.Spec(), nil)
+		if err != nil {
+			b.Fatal(err)
+		}
+		keys, err := client.Keys()
+		if err != nil {
+			b.Fatal(err)
+		}
+		b.Logf("%s at %s: prefill batch %d; decode plan %d refresh rounds per token, prefill plan %d per batch",
+			cfg.Name, preset.Name, eng.PrefillBatch(), eng.Plan().Refreshes, eng.Plan().Prefill.Refreshes)
+		for _, n := range []int{8, 16, 32} {
+			if n > cfg.Context {
+				continue
+			}
+			prompt := make([]int, n)
+			for i := range prompt {
+				prompt[i] = (7*i + 3) % cfg.Vocab
+			}
+			cts, err := client.EncryptPrompt(prompt)
+			if err != nil {
+				b.Fatal(err)
+			}
+			for _, mode := range []string{"batched", "token-by-token"} {
+				b.Run(fmt.Sprintf("%s/T=%d/%s", cfg.Name, n, mode), func(b *testing.B) {
+					var times []time.Duration
+					var down, up int64
+					var rounds, rcts int
+					for i := 0; i < b.N; i++ {
+						var d, u int64
+						sess, err := eng.NewSession(keys, func(ctx context.Context, req *he.RefreshRequest) (*he.RefreshResponse, error) {
+							d += int64(req.BinarySize())
+							resp, err := client.AnswerRefresh(ctx, req)
+							if err == nil {
+								u += int64(resp.BinarySize())
+							}
+							return resp, err
+						})
+						if err != nil {
+							b.Fatal(err)
+						}
+						t0 := time.Now()
+						if mode == "batched" {
+							_, err = sess.Prefill(context.Background(), cts)
+						} else {
+							_, err = sess.PrefillSequential(context.Background(), cts)
+						}
+						if err != nil {
+							b.Fatal(err)
+						}
+						times = append(times, time.Since(t0))
+						st, _ := sess.Stats().Phase("prefill")
+						rounds, rcts, down, up = st.Refreshes, st.RefreshCts, d, u
+					}
+					sort.Slice(times, func(i, j int) bool { return times[i] < times[j] })
+					med := times[len(times)/2]
+					b.ReportMetric(float64(med.Milliseconds()), "ms-median/prefill")
+					b.ReportMetric(float64(rounds), "rounds/prefill")
+					b.ReportMetric(float64(rcts), "refreshed-cts/prefill")
+					b.ReportMetric(float64(down)/1e6, "MB-down/prefill")
+					b.ReportMetric(float64(up)/1e6, "MB-up/prefill")
+				})
+			}
+		}
+	}
 }

@@ -45,5 +45,24 @@
 // Reciprocal and inverse square root Newton chains deeper than the levels
 // between refreshes are split across refresh rounds.
 //
-// Prefill currently runs the prompt token by token through the decode path.
+// # Prefill
+//
+// Session.Prefill runs the prompt in batches of up to Engine.PrefillBatch
+// tokens (Options.PrefillBatch; default Slots/d, capped at the context),
+// each batch one model.Forward call with rows > 1 on the same backend: a
+// multi-row val is token-major (he.TokenMajor, one d-wide chunk of all rows
+// per ciphertext). Linear layers run once per batch (he.Planner.Batched:
+// diag(W, …, W) by 2d−1 masked diagonals), as do residual adds, GELU and
+// LayerNorm (row sums by rotations, broadcast back), and every refresh
+// point carries the whole batch in one round. The batch's keys and values
+// are already in the KV cache's layout and join it in one add; queries are
+// extracted per token and scored against the cache as in decoding; the
+// scores of up to dk tokens are then compacted into one ciphertext so that
+// exp, reciprocal and their refreshes run once per dk tokens; weighted sums
+// of values are per token; the LM head runs on the prompt's last token
+// only. Causality comes from the per-token score masks. The dry run covers
+// the prefill too (Plan.Prefill; its rotations are in the KeyRequest), and
+// the decode path after it is unchanged. Details and costs: prefill.go.
+// Options.PrefillBatch = 1 (or Session.PrefillSequential) runs the prompt
+// token by token through the decode path instead.
 package engine

@@ -41,6 +41,7 @@ type Engine struct {
 	req    *he.KeyRequest
 	mats   map[string]*he.MatVec
 	shapes map[string]*he.MatVec // planning only
+	pf     prefillState          // batched prefill (prefill.go)
 }
 
 // New checks the model and the approximation set against the preset, plans
@@ -149,6 +150,9 @@ func New(w *model.Weights, set *approx.Set, opts Options) (*Engine, error) {
 	}
 
 	if err := e.planAll(); err != nil {
+		return nil, err
+	}
+	if err := e.planPrefill(); err != nil {
 		return nil, err
 	}
 	return e, nil

@@ -45,6 +45,14 @@ type Plan struct {
 	KeySwitches int   `json:"key_switches"`
 	CtCt        int   `json:"ct_ct"`
 	Rotations   int   `json:"rotation_keys"` // distinct rotation keys
+	// Rows is the number of tokens of one step: 1 (or 0) for decode, the
+	// batch size for the prefill plan.
+	Rows int `json:"rows,omitempty"`
+	// Prefill is the plan of one batch of the batched prefill (prefill.go)
+	// with the LM head (the prompt's last batch; earlier batches stop
+	// before ln_f and the LM head). Nil when the prefill runs token by
+	// token.
+	Prefill *Plan `json:"prefill,omitempty"`
 }
 
 // String prints the plan as a table.
@@ -74,7 +82,11 @@ func (p *Plan) String() string {
 	if p.Mode == RefreshBootstrap {
 		fmt.Fprintf(&b, "bootstrap mode: %d refresh points, %d bootstraps per token, no client round\n", p.Refreshes, p.RefreshCts)
 	}
-	fmt.Fprintf(&b, "per token: %d refresh rounds (%d ciphertexts), %d key-switches, %d ct×ct products, %d rotation keys; KV cache levels %v\n",
-		p.Refreshes, p.RefreshCts, p.KeySwitches, p.CtCt, p.Rotations, p.CacheLevels)
+	fmt.Fprintf(&b, "%s: %d refresh rounds (%d ciphertexts), %d key-switches, %d ct×ct products, %d rotation keys; KV cache levels %v\n",
+		p.per(), p.Refreshes, p.RefreshCts, p.KeySwitches, p.CtCt, p.Rotations, p.CacheLevels)
+	if p.Prefill != nil {
+		fmt.Fprintf(&b, "\nprefill, per batch of %d tokens packed token-major (linear layers, norms, activations and refreshes once per batch; attention per token, in lockstep, against the KV cache; the LM head on the last token only):\n", p.Prefill.Rows)
+		b.WriteString(p.Prefill.String())
+	}
 	return b.String()
 }

@@ -88,30 +88,11 @@ func (s *Session) Pos() int {
 
 // Prefill runs the prompt's tokens (one ciphertext each, Client.EncryptPrompt)
 // through the decoder, filling the KV cache, and returns the flooded logits
-// of the last position. (Token by token through the decode path; batched
-// prefill is not implemented yet.)
+// of the last position. The tokens run in batches packed token-major
+// (Engine.PrefillBatch per batch; see prefill.go), or token by token
+// through the decode path with Options.PrefillBatch = 1.
 func (s *Session) Prefill(ctx context.Context, in []*rlwe.Ciphertext) (*rlwe.Ciphertext, error) {
-	if len(in) == 0 {
-		return nil, errors.New("engine: empty prompt")
-	}
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if s.pos+len(in) > s.e.cfg.Context {
-		return nil, fmt.Errorf("engine: prompt of %d tokens at position %d exceeds the context of %d", len(in), s.pos, s.e.cfg.Context)
-	}
-	for i, ct := range in {
-		if err := s.e.checkInput(ct); err != nil {
-			return nil, fmt.Errorf("engine: prompt token %d: %w", i, err)
-		}
-	}
-	var out *rlwe.Ciphertext
-	for i, ct := range in {
-		var err error
-		if out, err = s.step(ctx, ct, "prefill", i == len(in)-1); err != nil {
-			return nil, err
-		}
-	}
-	return out, nil
+	return s.prefill(ctx, in, s.e.pf.batch)
 }
 
 // Decode runs one token (Client.EncryptToken at position Pos()) and returns

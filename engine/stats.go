@@ -14,7 +14,10 @@ import (
 // TokenStats are the counters of one token (one decode step or one prompt
 // token of the prefill).
 type TokenStats struct {
-	Pos   int           `json:"pos"`
+	Pos int `json:"pos"`
+	// Rows is the number of prompt tokens of a batched prefill step (0
+	// for one token).
+	Rows  int           `json:"rows,omitempty"`
 	Phase string        `json:"phase"` // prefill or decode
 	Time  time.Duration `json:"time"`
 	// ByKind is wall time per operation kind: embed, linear, attention
@@ -87,7 +90,7 @@ func (s *Session) Stats() Stats {
 	out := Stats{Tokens: make([]TokenStats, len(s.stats.Tokens))}
 	for i := range s.stats.Tokens {
 		t := &s.stats.Tokens[i]
-		out.Tokens[i] = TokenStats{Pos: t.Pos, Phase: t.Phase, Time: t.Time, ByKind: map[string]time.Duration{}, Kinds: map[string]KindStats{},
+		out.Tokens[i] = TokenStats{Pos: t.Pos, Rows: t.Rows, Phase: t.Phase, Time: t.Time, ByKind: map[string]time.Duration{}, Kinds: map[string]KindStats{},
 			Rotations: t.Rotations, CtCt: t.CtCt, PtCt: t.PtCt, KeySwitches: t.KeySwitches,
 			Refreshes: t.Refreshes, RefreshCts: t.RefreshCts, LevelIn: t.LevelIn, LevelOut: t.LevelOut, Ops: t.Ops}
 		for k, v := range t.ByKind {
@@ -100,7 +103,8 @@ func (s *Session) Stats() Stats {
 	return out
 }
 
-// Phase sums the tokens of one phase ("prefill", "decode"); n is the count.
+// Phase sums the tokens of one phase ("prefill", "decode"); n is the number
+// of tokens (a batched prefill step counts its rows).
 func (st Stats) Phase(phase string) (sum TokenStats, n int) {
 	sum = TokenStats{Phase: phase, ByKind: map[string]time.Duration{}, Kinds: map[string]KindStats{}}
 	for i := range st.Tokens {
@@ -108,7 +112,7 @@ func (st Stats) Phase(phase string) (sum TokenStats, n int) {
 		if t.Phase != phase {
 			continue
 		}
-		n++
+		n += max(1, t.Rows)
 		sum.Time += t.Time
 		sum.Rotations += t.Rotations
 		sum.CtCt += t.CtCt

@@ -21,8 +21,15 @@ type cval struct {
 // elementwise affine map y = mul·(x⊙gain) + bias that the next linear
 // operation folds into its plaintext weights for free (LayerNorm's g and b,
 // Scale) and that any other operation applies first (one level).
+//
+// Batched prefill (prefill.go) uses the same type for several rows: with tm
+// set, each part is one d-wide chunk of all rows packed token-major
+// (he.TokenMajor: row t at slots [t·d, (t+1)·d), rows ≥ rows zero), and
+// the pending bias applies to the first rows blocks only.
 type val struct {
 	parts []*cval
+	tm    bool      // token-major rows (batched prefill)
+	rows  int       // rows when tm
 	gain  []float64 // nil: 1
 	bias  []float64 // nil: 0
 	mul   float64   // 0 or 1: none
