@@ -82,8 +82,9 @@ import (
 // prefillEncodeBudget bytes they are encoded once with the engine; beyond
 // (large d at N ≥ 2^15), each is encoded when used and dropped.
 
-// prefillEncodeBudget bounds the memory of pre-encoded batched products.
-const prefillEncodeBudget = 1 << 30
+// prefillEncodeBudget bounds the memory of pre-encoded batched products
+// (a variable for tests).
+var prefillEncodeBudget int64 = 1 << 30
 
 // prefillState is the engine's batched-prefill configuration and plan.
 type prefillState struct {

@@ -131,7 +131,7 @@ func testPrefill(t *testing.T, c prefillCase) {
 
 // One batch holds the whole prompt; compared with token by token.
 func TestPrefillBatchedEntropyGuided(t *testing.T) {
-	testPrefill(t, prefillCase{kind: "entropy-guided", prompt: 10, steps: 4, sequential: true})
+	testPrefill(t, prefillCase{kind: "entropy-guided", prompt: 8, steps: 4, sequential: true})
 }
 
 // Several batches (8 + 4 tokens): the second batch attends to the first
@@ -147,11 +147,16 @@ func TestPrefillBatchedClientSideEmbedding(t *testing.T) {
 
 // A prompt after earlier positions (prefill, decode, prefill again) starts
 // mid-batch: its first batch is rotated into the cache ciphertext at its
-// offset. Plan and keys cover every offset.
+// offset. Plan and keys cover every offset. The batched products are
+// encoded at each use here (memory budget 0), the path of large models.
+// Not parallel: it sets the package's encoding budget while it builds.
 func TestPrefillBatchedOffsets(t *testing.T) {
-	t.Parallel()
 	cfg := tinyConfig("entropy-guided")
+	budget := prefillEncodeBudget
+	prefillEncodeBudget = 0
 	f := newFixture(t, cfg, he.InsecureTest, Options{PrefillBatch: 4})
+	prefillEncodeBudget = budget
+	require.NotEmpty(t, f.eng.pf.lazy, "batched products encoded at each use")
 	ctx := context.Background()
 	seq := randomSeqs(cfg, 1, 9, 5)[0] // 3 prompt tokens, then 6 more at positions 3…8
 	ref, err := model.NewApprox(cfg, f.set)
