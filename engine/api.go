@@ -32,8 +32,8 @@ type Options struct {
 	PreRotateLinear bool
 	// PrefillBatch is the number of prompt tokens packed token-major into
 	// one ciphertext by Session.Prefill (a power of two ≤ Slots/Dim; see
-	// prefill.go). 0: Slots/Dim, capped at the context; 1: token by token
-	// through the decode path.
+	// prefill.go). 0: Slots/Dim, capped at the context (token by token in
+	// bootstrap mode); 1: token by token through the decode path.
 	PrefillBatch int
 	// Mask are the masked-refresh parameters (zero: he.DefaultMaskOptions
 	// with the value bound derived from the calibration).

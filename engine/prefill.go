@@ -100,6 +100,16 @@ func (e *Engine) prefillBatchSize() (int, error) {
 	B := e.opts.PrefillBatch
 	if B == 0 {
 		B = min(tpc, nextPow2(e.cfg.Context))
+		if e.boot != nil {
+			// Bootstrap mode bounds the values of each refresh point of the
+			// decode plan (bootstrap.go); the batched prefill's refresh
+			// points (token-major values, compacted scores) are not
+			// bounded yet: token by token unless asked.
+			B = 1
+		}
+	}
+	if e.boot != nil && B > 1 {
+		return 0, errors.New("engine: the batched prefill is not available in bootstrap mode yet (its refresh points have no value bounds there): use PrefillBatch 0 or 1")
 	}
 	if B < 1 || B > tpc || B&(B-1) != 0 {
 		return 0, fmt.Errorf("engine: prefill batch %d must be a power of two in [1, %d] (slots %d / dim %d)", B, tpc, e.params.MaxSlots(), e.cfg.Dim)
