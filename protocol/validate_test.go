@@ -354,3 +354,43 @@ func TestCiphertextMetadataRejections(t *testing.T) {
 		t.Fatalf("a sparse ciphertext: %v", err)
 	}
 }
+
+// A forged size prefix anywhere in the structure of a key set (not only
+// right after the header) is refused before Lattigo allocates from it. The
+// same forgery kills the process through he.UnmarshalEvaluationKeys (fatal
+// out of memory: FuzzUnmarshalEvaluationKeys found a polynomial whose
+// coefficient count asks for 512 GiB), whose reader guards only against
+// truncation; the server parses keys here.
+func TestParseEvaluationKeysForgedPrefixes(t *testing.T) {
+	params, ck := testParams(t)
+	req := he.NewKeyRequest(params)
+	req.AddRotations(1, 1)
+	ek, err := ck.GenEvaluationKeys(req, he.KeyOptions{Compressed: true, AtUsedLevels: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := ek.MarshalBinary(params)
+	if err != nil {
+		t.Fatal(err)
+	}
+	start := len(keySetMagic) + 32
+	var refused int
+	for off := start; off+8 <= len(b) && off < start+2048; off++ {
+		for _, v := range []uint64{1 << 36, 1<<63 | 5} {
+			forged := append([]byte(nil), b...)
+			binary.LittleEndian.PutUint64(forged[off:], v)
+			got, err := ParseEvaluationKeys(params, forged, 0)
+			if err != nil {
+				wantCode(t, err, codes.InvalidArgument, "evaluation keys")
+				refused++
+				continue
+			}
+			if err := got.Validate(params); err != nil {
+				t.Fatalf("offset %d: accepted keys that fail Validate: %v", off, err)
+			}
+		}
+	}
+	if refused == 0 {
+		t.Fatal("no forgery refused")
+	}
+}
