@@ -6,6 +6,7 @@ import (
 	"os"
 	"sort"
 	"strconv"
+	"syscall"
 	"testing"
 	"time"
 
@@ -170,7 +171,9 @@ func benchModel(b *testing.B, w *model.Weights, set *approx.Set, preset he.Prese
 // prompts of 8, 16 and 32 tokens: latency, refresh rounds and refresh
 // traffic (client and server in one process, masked refresh in process).
 // Each iteration is a fresh session on the same keys. Reported: median
-// milliseconds per prefill, refresh rounds, refreshed ciphertexts, MB down
+// milliseconds and CPU seconds (the process: server and in-process client
+// together; on a shared machine the better measure) per prefill, refresh
+// rounds, refreshed ciphertexts, MB down
 // (refresh requests) and up (refresh answers) per prefill; the prompt's own
 // ciphertexts (the same in both modes) are not counted.
 //
@@ -266,7 +269,7 @@ func BenchmarkPrefill(b *testing.B) {
 			}
 			for _, mode := range []string{"batched", "token-by-token"} {
 				b.Run(fmt.Sprintf("%s/T=%d/%s", cfg.Name, n, mode), func(b *testing.B) {
-					var times []time.Duration
+					var times, cpus []time.Duration
 					var down, up int64
 					var rounds, rcts int
 					for i := 0; i < b.N; i++ {
@@ -282,6 +285,7 @@ func BenchmarkPrefill(b *testing.B) {
 						if err != nil {
 							b.Fatal(err)
 						}
+						c0 := cpuTime()
 						t0 := time.Now()
 						if mode == "batched" {
 							_, err = sess.Prefill(context.Background(), cts)
@@ -292,12 +296,16 @@ func BenchmarkPrefill(b *testing.B) {
 							b.Fatal(err)
 						}
 						times = append(times, time.Since(t0))
+						cpus = append(cpus, cpuTime()-c0)
 						st, _ := sess.Stats().Phase("prefill")
 						rounds, rcts, down, up = st.Refreshes, st.RefreshCts, d, u
 					}
-					sort.Slice(times, func(i, j int) bool { return times[i] < times[j] })
-					med := times[len(times)/2]
-					b.ReportMetric(float64(med.Milliseconds()), "ms-median/prefill")
+					median := func(v []time.Duration) time.Duration {
+						sort.Slice(v, func(i, j int) bool { return v[i] < v[j] })
+						return v[len(v)/2]
+					}
+					b.ReportMetric(float64(median(times).Milliseconds()), "ms-median/prefill")
+					b.ReportMetric(median(cpus).Seconds(), "cpu-s-median/prefill")
 					b.ReportMetric(float64(rounds), "rounds/prefill")
 					b.ReportMetric(float64(rcts), "refreshed-cts/prefill")
 					b.ReportMetric(float64(down)/1e6, "MB-down/prefill")
@@ -306,4 +314,13 @@ func BenchmarkPrefill(b *testing.B) {
 			}
 		}
 	}
+}
+
+// cpuTime is the process's user + system CPU time.
+func cpuTime() time.Duration {
+	var ru syscall.Rusage
+	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
+		return 0
+	}
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 }

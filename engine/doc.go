@@ -64,5 +64,6 @@
 // the prefill too (Plan.Prefill; its rotations are in the KeyRequest), and
 // the decode path after it is unchanged. Details and costs: prefill.go.
 // Options.PrefillBatch = 1 (or Session.PrefillSequential) runs the prompt
-// token by token through the decode path instead.
+// token by token through the decode path instead; so does bootstrap mode
+// for now (its value bounds per refresh point follow the decode plan).
 package engine
