@@ -98,6 +98,10 @@ flags:
 	out := fs.String("out", "model.safetensors", "checkpoint to write at the end")
 	statePath := fs.String("state", "", "resumable state file (default: --out with .state appended)")
 	resume := fs.String("resume", "", "resume from this state file (its configuration wins over the flags)")
+	scoreBound := fs.Float64("score-bound", 0, "attention scores outside [−bound, bound] are penalized (HE needs a fixed exp range; model/train/range.go)")
+	scorePenalty := fs.Float64("score-penalty", 0, "weight μ of the score-range penalty (0: off)")
+	extendLR := fs.Float64("extend-lr", 0, "with --extend-tokens: learning rate of the extension (0: the final learning rate)")
+	extend := fs.Float64("extend-tokens", 0, "with --resume: train this many more tokens after the state's last step at its final learning rate, with --score-bound/--score-penalty if given (a fine-tuning phase)")
 	evalEvery := fs.Int("eval-every", 200, "held-out evaluation every this many steps (0: only at the end)")
 	evalWindows := fs.Int("eval-windows", 64, "held-out windows per evaluation")
 	ckptEvery := fs.Int("checkpoint-every", 500, "save the resumable state every this many steps (0: only at the end)")
@@ -140,6 +144,7 @@ flags:
 			return err
 		}
 		opts.WeightNorm, opts.SpectralNorm = *wn, *sn
+		opts.ScoreBound, opts.ScorePenalty = *scoreBound, *scorePenalty
 		n := *steps
 		if n <= 0 {
 			n = int(math.Ceil(*tokens / float64(*batch**ctxLen)))
@@ -174,6 +179,12 @@ flags:
 	var tr *train.Trainer
 	if *resume != "" {
 		tr, err = train.ResumeTrainer(*resume, enc.Train, enc.HeldOut, *workers)
+		if err == nil && *extend > 0 {
+			n := int(math.Ceil(*extend / float64(tr.Config.TokensPerStep())))
+			err = tr.Extend(n, *extendLR, *scoreBound, *scorePenalty)
+			cfg = tr.Config
+			logf("extending by %d steps (%.0f tokens) at lr %.2e; score bound %g, penalty %g", n, float64(n*cfg.TokensPerStep()), extensionLR(cfg), cfg.Opts.ScoreBound, cfg.Opts.ScorePenalty)
+		}
 	} else {
 		tr, err = train.NewTrainer(cfg, enc.Train, enc.HeldOut, *workers)
 		if err == nil {
@@ -394,9 +405,10 @@ func (p *trainProgress) rate(r train.StepRecord) float64 {
 func (p *trainProgress) describe(r train.StepRecord) string {
 	var b strings.Builder
 	fmt.Fprintf(&b, "loss %.4f", r.Loss)
-	if p.tr.Config.Opts.EntropyReg {
+	if p.tr.Config.Opts.EntropyReg || p.tr.Config.Opts.ScorePenalty > 0 {
 		fmt.Fprintf(&b, " (ce %.4f)", r.CE)
 	}
+	fmt.Fprintf(&b, " max|s| %.1f", r.ScoreMax)
 	fmt.Fprintf(&b, " %.0f tok/s H/layer", p.rate(r))
 	for _, e := range r.LayerEntropy() {
 		fmt.Fprintf(&b, " %.2f", e)
@@ -429,4 +441,12 @@ func (p *trainProgress) done() {
 	if p.bar != nil {
 		p.bar.finish()
 	}
+}
+
+// extensionLR is the learning rate of an extension phase.
+func extensionLR(c train.Config) float64 {
+	if c.ExtendLR > 0 {
+		return c.ExtendLR
+	}
+	return c.MinLR
 }

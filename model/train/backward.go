@@ -160,7 +160,7 @@ func (ws *Workspace) backward(p *Params, inputs [][]int, B, T int, dE [][]float6
 					srow := S[i*T : i*T+i+1]
 					var dt float64
 					for j, av := range arow {
-						ds := av * (drow[j] - rho)
+						ds := av*(drow[j]-rho) + ws.scoreGrad(p, srow[j], B, T)
 						dt -= srow[j] * ds
 						drow[j] = c[i] * ds
 					}

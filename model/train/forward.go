@@ -17,6 +17,9 @@ type Workspace struct {
 	maxB, maxT int
 	grads      [][]float64
 
+	// Score-range penalty of the last forward pass (range.go).
+	rangeSum, scoreMax float64
+
 	// Effective block matrices (reparametrized models only) and the gradient
 	// with respect to them, per layer and linear kind.
 	eff, effG [][numLin][]float64
@@ -144,6 +147,10 @@ type Result struct {
 	Loss    float64 // CE + Entropy: the objective whose gradient is returned
 	CE      float64 // mean next-token cross-entropy (nats) over the counted targets
 	Entropy float64 // λ·L_ent, the λ-weighted entropy penalty (0 without Opts.EntropyReg)
+	Range   float64 // μ·L_range, the score-range penalty (0 without Opts.ScorePenalty)
+	// ScoreMax is the largest |attention score| of the batch (computed with
+	// or without the penalty).
+	ScoreMax float64
 	// HeadEntropy[l][h] is the mean attention entropy E(l,h) of this batch
 	// (nats, averaged over query rows and sequences); computed with or
 	// without the regularizer.
@@ -275,7 +282,8 @@ func (ws *Workspace) ForwardBackward(p *Params, inputs, targets [][]int) (Result
 
 	pen, dE := ws.entropyPenalty(p, B, T, &res)
 	res.Entropy = pen
-	res.Loss = res.CE + res.Entropy
+	res.Range, res.ScoreMax = ws.rangePenalty(p, B, T)
+	res.Loss = res.CE + res.Entropy + res.Range
 	ws.backward(p, inputs, B, T, dE)
 	ws.finishReparam(p)
 	return res, nil
@@ -391,6 +399,7 @@ var attnBlock = 32
 const entropyEps = 1e-9
 
 func (ws *Workspace) forward(p *Params, inputs [][]int, B, T int) {
+	ws.rangeSum, ws.scoreMax = 0, 0
 	cfg := p.Config
 	d, H, V := cfg.Dim, cfg.Heads, cfg.Vocab
 	dk := d / H
@@ -450,6 +459,7 @@ func (ws *Workspace) forward(p *Params, inputs [][]int, B, T int) {
 						srow[j] *= c[i]
 						m = max(m, srow[j])
 					}
+					ws.observeScores(p, srow)
 					var s float64
 					for j, v := range srow {
 						e := math.Exp(v - m)

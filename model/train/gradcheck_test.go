@@ -284,6 +284,8 @@ func TestGradAblations(t *testing.T) {
 		{"entropy-guided with weight norm", tinyEntropyGuided, Options{WeightNorm: true, EntropyReg: true, Lambda: 0.5}},
 		{"baseline with spectral norm", tinyBaseline, Options{SpectralNorm: true}},
 		{"entropy-guided with spectral norm", tinyEntropyGuided, Options{SpectralNorm: true, EntropyReg: true, Lambda: 0.5}},
+		{"entropy-guided with score-range penalty", tinyEntropyGuided, Options{EntropyReg: true, Lambda: 0.5, ScorePenalty: 3, ScoreBound: 0.05}},
+		{"baseline with score-range penalty", tinyBaseline, Options{ScorePenalty: 3, ScoreBound: 0.05}},
 	}
 	for ci, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
@@ -302,6 +304,17 @@ func TestGradAblations(t *testing.T) {
 			in, tg := tinyBatch(rng, 2, 5, 11)
 			if c.opts.EntropyReg {
 				setThresholds(t, p, in, [][]float64{{0.4, -0.4}, {-0.35, 0.1}})
+			}
+			if c.opts.ScorePenalty > 0 {
+				// The penalty must be active on part of the scores, not all.
+				ws := NewWorkspace(p, 2, 5)
+				res, err := ws.ForwardBackward(p, in, tg)
+				if err != nil {
+					t.Fatal(err)
+				}
+				if !(res.Range > 0) || !(res.ScoreMax > c.opts.ScoreBound) {
+					t.Fatalf("score-range penalty inactive: range %g, max |s| %g, bound %g", res.Range, res.ScoreMax, c.opts.ScoreBound)
+				}
 			}
 			gradCheck(t, p, in, tg)
 		})

@@ -25,6 +25,13 @@ type Config struct {
 	Batch      int `json:"batch"`       // sequences per optimizer step
 	MicroBatch int `json:"micro_batch"` // sequences per ForwardBackward call; Batch must be a multiple (0: DefaultMicroBatch, or Batch if smaller)
 	Steps      int `json:"steps"`       // optimizer steps in total
+	// ScheduleSteps is the step at which the cosine decay reaches MinLR
+	// (0: Steps); steps after it run at MinLR (a fine-tuning phase added
+	// by Trainer.Extend).
+	ScheduleSteps int `json:"schedule_steps,omitempty"`
+	// ExtendLR is the learning rate of the steps after ScheduleSteps (0:
+	// MinLR).
+	ExtendLR float64 `json:"extend_lr,omitempty"`
 
 	LR          float64     `json:"lr"`     // peak learning rate
 	MinLR       float64     `json:"min_lr"` // end of the cosine decay
@@ -68,7 +75,38 @@ func (c *Config) normalize() error {
 }
 
 func (c *Config) schedule() Schedule {
-	return Schedule{Peak: c.LR, Min: c.MinLR, Warmup: c.Warmup, Total: c.Steps}
+	total := c.Steps
+	if c.ScheduleSteps > 0 {
+		total = c.ScheduleSteps
+	}
+	return Schedule{Peak: c.LR, Min: c.MinLR, Warmup: c.Warmup, Total: total, After: c.ExtendLR}
+}
+
+// Extend adds a fine-tuning phase to a trainer that has finished its
+// schedule: n more steps at learning rate lr (0: the final MinLR) and, when
+// scorePenalty > 0, the score-range penalty with that bound (range.go).
+// The data stream and the optimizer state continue where they were.
+func (t *Trainer) Extend(n int, lr, scoreBound, scorePenalty float64) error {
+	switch {
+	case n < 1:
+		return fmt.Errorf("train: extend by %d steps", n)
+	case t.Step < t.Config.Steps:
+		return fmt.Errorf("train: the state is at step %d of %d: resume it to the end before extending", t.Step, t.Config.Steps)
+	case lr < 0 || lr > t.Config.LR:
+		return fmt.Errorf("train: extension learning rate %g outside [0, peak %g]", lr, t.Config.LR)
+	case scorePenalty < 0 || (scorePenalty > 0 && !(scoreBound > 0)):
+		return fmt.Errorf("train: score penalty %g needs a positive bound (got %g)", scorePenalty, scoreBound)
+	}
+	if t.Config.ScheduleSteps == 0 {
+		t.Config.ScheduleSteps = t.Config.Steps
+	}
+	t.Config.Steps += n
+	t.Config.ExtendLR = lr
+	if scorePenalty > 0 {
+		t.Config.Opts.ScoreBound, t.Config.Opts.ScorePenalty = scoreBound, scorePenalty
+		t.Params.Opts.ScoreBound, t.Params.Opts.ScorePenalty = scoreBound, scorePenalty
+	}
+	return t.Config.normalize()
 }
 
 // TokensPerStep is Batch·SeqLen.
@@ -81,6 +119,8 @@ type StepRecord struct {
 	Loss     float64 `json:"loss"`    // CE + λ·L_ent, mean over the batch
 	CE       float64 `json:"ce"`      // nats per token
 	Entropy  float64 `json:"entropy"` // λ·L_ent
+	Range    float64 `json:"range,omitempty"`     // μ·L_range (score-range penalty)
+	ScoreMax float64 `json:"score_max,omitempty"` // largest |attention score| of the step
 	GradNorm float64 `json:"grad_norm"`
 	// HeadEntropy[l][h]: mean attention entropy of head h in layer l (nats).
 	HeadEntropy [][]float64 `json:"head_entropy"`
@@ -274,6 +314,8 @@ func (t *Trainer) TrainStep() (StepRecord, error) {
 		rec.Loss += res.Loss * inv
 		rec.CE += res.CE * inv
 		rec.Entropy += res.Entropy * inv
+		rec.Range += res.Range * inv
+		rec.ScoreMax = max(rec.ScoreMax, res.ScoreMax)
 		if rec.HeadEntropy == nil {
 			rec.HeadEntropy = make([][]float64, len(res.HeadEntropy))
 			for l := range res.HeadEntropy {

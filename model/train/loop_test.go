@@ -354,3 +354,50 @@ func BenchmarkTrainStep(b *testing.B) {
 		})
 	}
 }
+
+// TestExtendWithScorePenalty: a finished run extended by a fine-tuning phase
+// runs at the final learning rate, with the score-range penalty active, and
+// pulls the largest |score| below what the unpenalized run reached.
+func TestExtendWithScorePenalty(t *testing.T) {
+	train, held := tinyData()
+	cfg := tinyConfig("ereg")
+	tr, err := NewTrainer(cfg, train, held, 2)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := tr.Extend(5, 0, 1, 1); err == nil {
+		t.Fatal("Extend before the schedule finished: no error")
+	}
+	if err := tr.Run(context.Background(), RunOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	before := tr.History[len(tr.History)-1].ScoreMax
+	if err := tr.Extend(5, 0, 0, 1); err == nil {
+		t.Fatal("penalty without a bound: no error")
+	}
+	bound := before / 4
+	steps := tr.Config.Steps
+	if err := tr.Extend(30, 0, bound, 10); err != nil {
+		t.Fatal(err)
+	}
+	if tr.Config.Steps != steps+30 || tr.Config.ScheduleSteps != steps {
+		t.Fatalf("steps %d schedule %d, want %d and %d", tr.Config.Steps, tr.Config.ScheduleSteps, steps+30, steps)
+	}
+	if err := tr.Run(context.Background(), RunOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	ext := tr.History[steps:]
+	for _, r := range ext {
+		if r.LR != cfg.MinLR {
+			t.Fatalf("step %d: lr %g, want the final %g", r.Step, r.LR, cfg.MinLR)
+		}
+	}
+	if !(ext[0].Range > 0) {
+		t.Fatalf("penalty inactive at the first extended step (max |s| %g, bound %g)", ext[0].ScoreMax, bound)
+	}
+	last := ext[len(ext)-1]
+	if !(last.ScoreMax < before) || !(last.Range < ext[0].Range) {
+		t.Fatalf("max |s| %g → %g, penalty %g → %g: the penalty did not narrow the scores", before, last.ScoreMax, ext[0].Range, last.Range)
+	}
+	t.Logf("max |s| %.3f → %.3f (bound %.3f), penalty %.4g → %.4g", before, last.ScoreMax, bound, ext[0].Range, last.Range)
+}

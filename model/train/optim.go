@@ -85,6 +85,7 @@ func (o *AdamW) Update(params, grads [][]float64, decay []bool, lr float64) erro
 type Schedule struct {
 	Peak, Min     float64
 	Warmup, Total int
+	After         float64 // learning rate after Total (0: Min)
 }
 
 // Validate checks the schedule.
@@ -102,6 +103,9 @@ func (s Schedule) LR(step int) float64 {
 		return s.Peak * float64(step+1) / float64(s.Warmup)
 	}
 	span := s.Total - s.Warmup
+	if step >= s.Total && s.After > 0 {
+		return s.After
+	}
 	if span <= 0 || step >= s.Total {
 		return s.Min
 	}

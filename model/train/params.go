@@ -22,6 +22,12 @@ type Options struct {
 	// block (zero inference cost: folded at export). They are exclusive.
 	WeightNorm   bool
 	SpectralNorm bool
+	// ScorePenalty μ > 0 adds μ·L_range, a penalty on attention scores
+	// outside [−ScoreBound, ScoreBound] (range.go): CKKS evaluates exp and
+	// the softmax's reciprocal as polynomials on a fixed range, with no max
+	// subtraction, so the scores must stay in a range known in advance.
+	ScorePenalty float64 `json:",omitempty"`
+	ScoreBound   float64 `json:",omitempty"`
 }
 
 // DefaultGamma is the design notes' tolerance margin γ.
