@@ -375,7 +375,7 @@ func TestParseEvaluationKeysForgedPrefixes(t *testing.T) {
 	}
 	start := len(keySetMagic) + 32
 	var refused int
-	for off := start; off+8 <= len(b) && off < start+2048; off++ {
+	for off := start; off+8 <= len(b) && off < start+1024; off++ {
 		for _, v := range []uint64{1 << 36, 1<<63 | 5} {
 			forged := append([]byte(nil), b...)
 			binary.LittleEndian.PutUint64(forged[off:], v)
