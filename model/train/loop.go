@@ -116,9 +116,9 @@ func (c Config) TokensPerStep() int { return c.Batch * c.SeqLen }
 type StepRecord struct {
 	Step     int     `json:"step"` // 1-based: the number of updates applied after this step
 	LR       float64 `json:"lr"`
-	Loss     float64 `json:"loss"`    // CE + λ·L_ent, mean over the batch
-	CE       float64 `json:"ce"`      // nats per token
-	Entropy  float64 `json:"entropy"` // λ·L_ent
+	Loss     float64 `json:"loss"`                // CE + λ·L_ent, mean over the batch
+	CE       float64 `json:"ce"`                  // nats per token
+	Entropy  float64 `json:"entropy"`             // λ·L_ent
 	Range    float64 `json:"range,omitempty"`     // μ·L_range (score-range penalty)
 	ScoreMax float64 `json:"score_max,omitempty"` // largest |attention score| of the step
 	GradNorm float64 `json:"grad_norm"`
