@@ -79,7 +79,7 @@ func (b *backend) Attention(layer int, qkv *val, pos0 int, scoreScale *mat.Dense
 	q = b.ensure([]*cval{q}, 2, m, false)[0]
 	b.op().LevelIn = q.level
 	lq := min(q.level, lc)
-	emid := mid(e.set.Exp.Range())
+	ex, ea, eb := expUnit(e.set.Exp)
 	scores := make([]*cval, nc)
 	for c := 0; c < nc; c++ {
 		kc := &cval{level: lc}
@@ -88,19 +88,18 @@ func (b *backend) Attention(layer int, qkv *val, pos0 int, scoreScale *mat.Dense
 		}
 		s := b.mulRelin(q, kc)
 		s = b.foldRot(s, pow2Rots(1, dk))
+		// Score slots get u = a·s + b (the exp's change of variable into
+		// [−1, 1], free here); every other slot u = 0.
 		mask := make([]float64, lay.Slots)
 		fill := make([]float64, lay.Slots)
-		for i := range fill {
-			fill[i] = emid
-		}
 		for j := 0; j < tpc; j++ {
 			p := c*tpc + j
 			if p >= n {
 				break
 			}
 			for h := 0; h < heads; h++ {
-				mask[j*period+h*dk] = scoreScale.At(h, 0)
-				fill[j*period+h*dk] = 0
+				mask[j*period+h*dk] = ea * scoreScale.At(h, 0)
+				fill[j*period+h*dk] = eb
 			}
 		}
 		s = b.mulVec(s, mask)
@@ -109,15 +108,14 @@ func (b *backend) Attention(layer int, qkv *val, pos0 int, scoreScale *mat.Dense
 	b.end(lq - 2)
 	b.trace(name+".scores", scores[0])
 
-	// 3. Exp.
-	ex := e.set.Exp
+	// 3. Exp (on u ∈ [−1, 1]).
 	b.begin(name+".exp", "exp", scores[0].level)
 	scores = b.ensure(scores, ex.Depth(), m, false)
 	b.op().LevelIn = scores[0].level
 	es := b.polyAll(scores, ex.Depth(), func(pe *he.PolyEvaluator, ct *rlwe.Ciphertext) (*rlwe.Ciphertext, error) {
 		return pe.EvalExp(ct, ex)
 	})
-	pmid := ex.Eval(emid)
+	pmid := ex.Eval(0)
 	for c := range es {
 		fix := make([]float64, lay.Slots)
 		for i := range fix {
@@ -198,6 +196,23 @@ func (b *backend) Attention(layer int, qkv *val, pos0 int, scoreScale *mat.Dense
 // Newton's step for 1/x commutes with the scaling (y = n·z: y·(2 − (x/n)·y)
 // = n·z·(2 − x·z)), so Eval equals Recip.Eval(x/n)/n exactly in real
 // arithmetic.
+// expUnit re-expresses the exp approximation on u = a·s + b ∈ [−1, 1]: the
+// same Chebyshev coefficients, with the affine change of variable folded
+// into the plaintext score mask and fill that precede it, so that it costs
+// no level (approx.Chebyshev.ChangeOfBasisDepth). u = 0 is the range's
+// midpoint.
+func expUnit(ex approx.Exp) (unit approx.Exp, a, b float64) {
+	lo, hi := ex.Range()
+	a, b = 2/(hi-lo), -(hi+lo)/(hi-lo)
+	return approx.Exp{Poly: approx.Chebyshev{Lo: -1, Hi: 1, Coeffs: ex.Poly.Coeffs}}, a, b
+}
+
+// expDepth is the levels the exp costs in the engine (expUnit).
+func expDepth(set *approx.Set) int {
+	u, _, _ := expUnit(set.Exp)
+	return u.Depth()
+}
+
 func recipN(r approx.Reciprocal, n int) approx.Reciprocal {
 	fn := float64(n)
 	c := make([]float64, len(r.Init.Coeffs))

@@ -139,7 +139,7 @@ func New(w *model.Weights, set *approx.Set, opts Options) (*Engine, error) {
 		return nil, fmt.Errorf("engine: unknown refresh mode %q (interactive, bootstrap)", opts.Refresh)
 	}
 	usable := params.MaxLevel() - e.maskLevel
-	for name, dep := range map[string]int{"exp": set.Exp.Depth()} {
+	for name, dep := range map[string]int{"exp": expDepth(set)} {
 		if dep > usable {
 			return nil, fmt.Errorf("engine: %s approximation of depth %d exceeds the %d levels between refreshes of %s (max level %d, masked refresh at level %d): calibrate a lower degree",
 				name, dep, usable, opts.Preset.Name, params.MaxLevel(), e.maskLevel)

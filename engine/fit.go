@@ -57,13 +57,16 @@ func FitToPreset(set *approx.Set, preset he.Preset, allowInsecure bool, contextL
 		}
 		return deg
 	}
-	if out.Exp.Depth() > usable {
+	if expDepth(&out) > usable {
+		// The engine evaluates exp on [−1, 1] (expUnit: the change of
+		// variable is folded into the score mask), so fit the degree there.
 		lo, hi := out.Exp.Range()
 		before, _ := out.Exp.MaxError()
-		out.Exp = approx.NewExp(lo, hi, fitDeg(out.Exp.Poly))
+		unit, _, _ := expUnit(out.Exp)
+		out.Exp = approx.NewExp(lo, hi, fitDeg(unit.Poly))
 		after, _ := out.Exp.MaxError()
 		notes = append(notes, fmt.Sprintf("exp: degree %d → %d (depth %d ≤ %d usable), max abs error %.2e → %.2e",
-			set.Exp.Poly.Degree(), out.Exp.Poly.Degree(), out.Exp.Depth(), usable, before, after))
+			set.Exp.Poly.Degree(), out.Exp.Poly.Degree(), expDepth(&out), usable, before, after))
 	}
 	if out.GELU != nil && out.GELU.Depth() > usable {
 		lo, hi := out.GELU.Range()

@@ -132,7 +132,7 @@ func (b *backend) linearTM(name string, x *val, w *mat.Dense, bias []float64) *v
 		// (2) and the exp, and k, v at the cache level or above. At most
 		// the level just below the top (a refresh of this one ciphertext
 		// reaches it).
-		minOut = b.e.maskLevel + 3 + b.e.set.Exp.Depth()
+		minOut = b.e.maskLevel + 3 + expDepth(b.e.set)
 		if layer < len(b.cacheLevel) {
 			minOut = max(minOut, b.cacheLevel[layer])
 		}
@@ -415,7 +415,7 @@ func (b *backend) attentionTM(layer int, qkv *val, pos0 int, scoreScale *mat.Den
 	// tokens share one ciphertext per cache ciphertext and the exp and
 	// the reciprocal run once per group, not once per token.
 	b.begin(name+".scores", "attention", qs[0].level)
-	emid := mid(e.set.Exp.Range())
+	ex, ea, eb := expUnit(e.set.Exp) // u = a·s + b folded into the mask and fill
 	G := dk
 	ng := (T + G - 1) / G
 	valid := func(g, c int, v float64) []float64 { // v at (g, c)'s valid score slots
@@ -446,7 +446,7 @@ func (b *backend) attentionTM(layer int, qkv *val, pos0 int, scoreScale *mat.Den
 				mask := make([]float64, S)
 				for j := 0; j < tpc && c*tpc+j < n; j++ {
 					for h := 0; h < heads; h++ {
-						mask[j*period+h*dk] = scoreScale.At(h, t)
+						mask[j*period+h*dk] = ea * scoreScale.At(h, t)
 					}
 				}
 				xs[o] = b.mulVec(s, mask)
@@ -458,10 +458,7 @@ func (b *backend) attentionTM(layer int, qkv *val, pos0 int, scoreScale *mat.Den
 					}
 				}
 			}
-			fill := valid(g, c, 1)
-			for i := range fill {
-				fill[i] = emid * (1 - fill[i])
-			}
+			fill := valid(g, c, eb) // other slots: u = 0
 			sc[g*nc+c] = b.addVec(xs[0], fill)
 		}
 	}
@@ -471,14 +468,13 @@ func (b *backend) attentionTM(layer int, qkv *val, pos0 int, scoreScale *mat.Den
 	// 4. Exp and the denominators Σ_p e_p per (token, head), read at
 	// every position block; divided by n_t (the softmax's mean, a
 	// plaintext per slot), so that one reciprocal serves all tokens.
-	ex := e.set.Exp
 	b.begin(name+".exp", "exp", sc[0].level)
 	sc = b.ensure(sc, ex.Depth(), m, false)
 	b.op().LevelIn = sc[0].level
 	es := b.polyAll(sc, ex.Depth(), func(pe *he.PolyEvaluator, ct *rlwe.Ciphertext) (*rlwe.Ciphertext, error) {
 		return pe.EvalExp(ct, ex)
 	})
-	pmid := ex.Eval(emid)
+	pmid := ex.Eval(0)
 	rmid := mid(e.set.Recip.Range())
 	dens := make([]*cval, ng)
 	for g := range dens {
