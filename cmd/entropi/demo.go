@@ -312,8 +312,16 @@ flags:
 	return nil
 }
 
+// shippedEntropyGuided is the shipped entropy-guided checkpoint (models/README.md).
+const shippedEntropyGuided = "models/ereg-sm-t-scfuffn.safetensors"
+
 // shippedModel finds the shipped checkpoint, or says how to make one.
 func shippedModel() (string, error) {
+	// The entropy-guided model is the demo's; the other shipped checkpoints
+	// (baseline, ablation) are for benchmarks and the model card.
+	if _, err := os.Stat(shippedEntropyGuided); err == nil {
+		return shippedEntropyGuided, nil
+	}
 	files, _ := filepath.Glob(filepath.Join("models", "*.safetensors"))
 	sort.Strings(files)
 	if len(files) == 0 {

@@ -11,6 +11,8 @@ import (
 	"sort"
 	"strings"
 
+	"github.com/entropi-ai/entropi/engine"
+	"github.com/entropi-ai/entropi/he"
 	"github.com/entropi-ai/entropi/model"
 	"github.com/entropi-ai/entropi/model/train"
 )
@@ -53,6 +55,7 @@ flags:
 	calibTokens := fl.Int("calib-tokens", 4096, "tokens used for calibration (taken before the evaluated ones)")
 	save := fl.String("save", "", "write the checkpoint with the calibrated approximations to this file")
 	quiet := fl.Bool("quiet", false, "no progress bar (there is none when stderr is not a terminal)")
+	fitPreset := fl.String("preset", "", "evaluate the approximations as this CKKS preset runs them (refitted to its levels between refreshes, as `entropi plan` and the server do)")
 	if err := fl.Parse(args); err != nil {
 		return err
 	}
@@ -98,6 +101,20 @@ flags:
 		}
 	} else {
 		fmt.Fprintln(stdout, "approximations: from the checkpoint")
+	}
+	if *fitPreset != "" {
+		p, err := he.PresetByName(*fitPreset)
+		if err != nil {
+			return err
+		}
+		fit, notes, err := engine.FitToPreset(set, p, true, cfg.Context)
+		if err != nil {
+			return err
+		}
+		for _, n := range notes {
+			fmt.Fprintf(stdout, "refit for %s: %s\n", p.Name, n)
+		}
+		set = fit
 	}
 	if *nTokens > 0 && len(tokens) > *nTokens {
 		tokens = tokens[:*nTokens]
