@@ -167,6 +167,20 @@ func NewEngine(w *model.Weights, set *approx.Set, opt LoadOptions) (*engine.Engi
 			return e, set, nil, nil
 		}
 		errs = append(errs, fmt.Sprintf("%s: %v", p.Name, err))
+		if opt.Preset.Name != "" {
+			break
+		}
+		// Auto: a smaller ring is worth a refit that keeps every error,
+		// i.e. one that only splits Newton chains (reciprocal, inverse
+		// square root: more steps, same error), never one that lowers the
+		// degree of exp or GELU.
+		fit, notes, ferr := engine.FitToPreset(set, p, opt.AllowInsecure, w.Config.Context)
+		if ferr != nil || len(notes) == 0 || !sameDegrees(set, fit) {
+			continue
+		}
+		if e, err := build(p, fit); err == nil {
+			return e, fit, notes, nil
+		}
 	}
 	if opt.Preset.Name != "" {
 		fit, notes, ferr := engine.FitToPreset(set, opt.Preset, opt.AllowInsecure, w.Config.Context)
@@ -179,6 +193,17 @@ func NewEngine(w *model.Weights, set *approx.Set, opt LoadOptions) (*engine.Engi
 		}
 	}
 	return nil, nil, nil, errors.New(strings.Join(errs, "; "))
+}
+
+// sameDegrees reports whether exp and GELU kept their polynomials.
+func sameDegrees(a, b *approx.Set) bool {
+	if a.Exp.Poly.Degree() != b.Exp.Poly.Degree() {
+		return false
+	}
+	if (a.GELU == nil) != (b.GELU == nil) {
+		return false
+	}
+	return a.GELU == nil || a.GELU.Poly.Degree() == b.GELU.Poly.Degree()
 }
 
 // CalibrateRandom calibrates the approximations of w on random sequences.
