@@ -106,7 +106,7 @@ flags:
 	contexts := fl.String("contexts", "16,32,64,128", "context lengths (prompt + decode tokens), comma-separated")
 	decode := fl.Int("decode", 3, "decode tokens per run (the median needs ≥ 3)")
 	bootstrap := fl.Bool("bootstrap", false, "also the bootstrapped (non-interactive) mode, when memory allows")
-	quick := fl.Bool("quick", false, "reduced matrix: n15-128, context 8, 3 decode tokens, both models")
+	quick := fl.Bool("quick", false, "reduced matrix: n14-128, context 8, 3 decode tokens, both block types (random weights of the shipped size stand in for one without a checkpoint)")
 	jsonOut := fl.Bool("json", false, "print a JSON summary on stdout (progress still goes to stderr)")
 	out := fl.String("out", filepath.Join("bench", "results", "latest"), "directory for results.json, results.md and the charts")
 	workers := fl.Int("workers", 0, "server goroutines per session (0: all CPUs)")
@@ -145,7 +145,10 @@ flags:
 	fl.Visit(func(f *flag.Flag) { set[f.Name] = true })
 	if *quick {
 		if !set["presets"] {
-			*presets = he.N15.Name
+			*presets = he.N14.Name
+		}
+		if !set["random"] {
+			*random = true
 		}
 		if !set["contexts"] {
 			*contexts = "8"
