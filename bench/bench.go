@@ -226,11 +226,20 @@ func runModel(ctx context.Context, cfg *Config, m *ModelSpec, preset he.Preset, 
 	}
 	cfg.logf("%s (%s) at %s: building the encrypted decoder…", m.Name, m.Kind(), preset.Name)
 	t0 := time.Now()
-	eng, err := engine.New(m.Weights, m.Approx, engine.Options{Preset: preset, AllowInsecure: cfg.AllowInsecure, Workers: cfg.Workers})
+	// As the server builds it: approximations deeper than the preset's
+	// levels between refreshes are refitted (notes say how); accuracy is
+	// then measured against the plaintext model with the refitted set.
+	eng, fit, notes, err := server.NewEngine(m.Weights, m.Approx, server.LoadOptions{Preset: preset, AllowInsecure: cfg.AllowInsecure, Workers: cfg.Workers})
 	if err != nil {
 		skip(fmt.Sprintf("the engine refuses this model at this preset: %v", err), 0)
 		return nil, skips, nil
 	}
+	for _, n := range notes {
+		cfg.logf("  refitted for %s: %s", preset.Name, n)
+	}
+	mf := *m
+	mf.Approx = fit
+	m = &mf
 	build := time.Since(t0).Seconds()
 	plan := summarizePlan(eng.Plan())
 	cfg.logf("  built in %.1fs: %d refresh rounds, %d key-switches per token", build, plan.RefreshRounds, plan.KeySwitches)
