@@ -318,8 +318,7 @@ func UnmarshalEvaluationKeys(params ckks.Parameters, data []byte, maxBytes int) 
 		}
 	}()
 	body := data[len(keySetMagic)+32:]
-	sr := &safeReader{Buffer: buffer.NewBuffer(body)}
-	n, err := set.ReadFrom(sr)
+	n, err := set.ReadFrom(NewGuardedReader(body))
 	if err != nil {
 		return nil, fmt.Errorf("evaluation keys: malformed or truncated encoding: %w", err)
 	}
@@ -333,18 +332,64 @@ func UnmarshalEvaluationKeys(params ckks.Parameters, data []byte, maxBytes int) 
 	return ek, nil
 }
 
-// safeReader guards Lattigo's decoder against truncated input: v6.2's
-// buffer.ReadUint64Slice recurses forever (fatal stack overflow, not a
-// recoverable panic) when the input ends in the middle of a slice, because
-// it then peeks 0 bytes without error. Peeking at an exhausted buffer is an
-// error here.
-type safeReader struct{ *buffer.Buffer }
+// ErrLengthPrefix is wrapped by the errors of a GuardedReader that refuses
+// a length prefix.
+var ErrLengthPrefix = errors.New("length prefix exceeds the bytes left")
 
-func (r *safeReader) Peek(n int) ([]byte, error) {
+// GuardedReader is the buffer.Reader to hand Lattigo's ReadFrom methods
+// when the bytes come from a peer. Lattigo v6.2 trusts its input in two
+// ways that kill the process (neither is a recoverable panic):
+//
+//   - length prefixes: structs.Vector and structs.Matrix read a uint64
+//     element count and structs.Map a uint32 one, then allocate that many
+//     elements before reading any; a forged count of 2^36 coefficients asks
+//     for 512 GiB (fatal error: runtime: out of memory);
+//   - truncation: buffer.ReadUint64Slice recurses forever (fatal stack
+//     overflow) when the input ends inside a slice, because it then peeks 0
+//     bytes without error.
+//
+// Every count on the paths we parse (key sets, ciphertexts, public keys) is
+// read alone, as an 8-byte (uint64) or 4-byte (uint32) Peek, while slices
+// of coefficients are peeked whole (a multiple of 8 bytes, more than 8 for
+// any real ring). So a lone 8- or 4-byte peek is treated as a count and
+// refused, before Lattigo allocates from it, when it exceeds the bytes left
+// after it: in a well-formed encoding every element takes at least one
+// byte. The other lone uint64 fields on these paths (Galois element, NthRoot,
+// base-2 decomposition, map keys) are small, far below the bytes that follow
+// them, so a valid encoding is never refused. What a forged count can still
+// allocate is bounded by a small multiple of the input's length (at most 8
+// bytes per coefficient, a few machine words per nested slice or map entry),
+// and the input's length is bounded by the caller. Peeking at an exhausted
+// buffer is io.ErrUnexpectedEOF.
+type GuardedReader struct{ *buffer.Buffer }
+
+// NewGuardedReader returns a GuardedReader over data.
+func NewGuardedReader(data []byte) *GuardedReader {
+	return &GuardedReader{Buffer: buffer.NewBuffer(data)}
+}
+
+// Peek implements buffer.Reader with the checks described on GuardedReader.
+func (r *GuardedReader) Peek(n int) ([]byte, error) {
 	if r.Buffer.Size() == 0 {
 		return nil, io.ErrUnexpectedEOF
 	}
-	return r.Buffer.Peek(n)
+	b, err := r.Buffer.Peek(n)
+	if err != nil || len(b) != n {
+		return b, err
+	}
+	var v uint64
+	switch n {
+	case 8:
+		v = binary.LittleEndian.Uint64(b)
+	case 4:
+		v = uint64(binary.LittleEndian.Uint32(b))
+	default:
+		return b, nil
+	}
+	if left := uint64(r.Buffer.Size() - n); v > left {
+		return nil, fmt.Errorf("%w: a %d-byte count of %d, %d bytes left", ErrLengthPrefix, n, v, left)
+	}
+	return b, nil
 }
 
 // Validate checks every key against params: ring degree, levels (full P,

@@ -126,14 +126,32 @@ func (s *SeededCiphertext) MarshalBinary() ([]byte, error) {
 }
 
 // UnmarshalBinary deserializes; the result still has to be validated by the
-// receiver (MaskedRefresher does).
-func (s *SeededCiphertext) UnmarshalBinary(b []byte) error {
+// receiver (MaskedRefresher does). Lattigo reads the ciphertext through a
+// GuardedReader, so forged counts and truncation are errors, not a fatal
+// allocation; trailing bytes are refused. (The wire path does not come
+// here: protocol.RefreshAnswerFromProto checks the structure against the
+// parameters first.)
+func (s *SeededCiphertext) UnmarshalBinary(b []byte) (err error) {
 	if len(b) < SeedSize {
 		return fmt.Errorf("he: seeded ciphertext: %d bytes, shorter than the seed", len(b))
 	}
+	defer func() {
+		if r := recover(); r != nil {
+			s.C0, err = nil, fmt.Errorf("he: seeded ciphertext: malformed encoding: %v", r)
+		}
+	}()
 	copy(s.Seed[:], b[:SeedSize])
-	s.C0 = new(rlwe.Ciphertext)
-	return s.C0.UnmarshalBinary(b[SeedSize:])
+	body := b[SeedSize:]
+	ct := new(rlwe.Ciphertext)
+	n, err := ct.ReadFrom(NewGuardedReader(body))
+	if err != nil {
+		return fmt.Errorf("he: seeded ciphertext: %w", err)
+	}
+	if int(n) != len(body) {
+		return fmt.Errorf("he: seeded ciphertext: %d trailing bytes", len(body)-int(n))
+	}
+	s.C0 = ct
+	return nil
 }
 
 // expandSeeded regenerates c1 from the seed: the same uniform sampler, keyed

@@ -5,7 +5,6 @@ import (
 	"encoding/binary"
 	"encoding/json"
 	"fmt"
-	"io"
 	"math"
 	"math/big"
 	"slices"
@@ -13,7 +12,6 @@ import (
 
 	"github.com/tuneinsight/lattigo/v6/core/rlwe"
 	"github.com/tuneinsight/lattigo/v6/schemes/ckks"
-	"github.com/tuneinsight/lattigo/v6/utils/buffer"
 	"github.com/tuneinsight/lattigo/v6/utils/structs"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
@@ -311,7 +309,7 @@ func unmarshalCiphertext(params ckks.Parameters, data []byte, rule CiphertextRul
 		}
 	}()
 	ct = new(rlwe.Ciphertext)
-	if _, err := ct.ReadFrom(&guardedReader{Buffer: buffer.NewBuffer(data)}); err != nil {
+	if _, err := ct.ReadFrom(he.NewGuardedReader(data)); err != nil {
 		return nil, fmt.Errorf("malformed encoding: %w", err)
 	}
 	if err := checkCiphertext(params, ct, rule); err != nil {
@@ -367,28 +365,6 @@ func MarshalCiphertext(ct *rlwe.Ciphertext) ([]byte, error) {
 	return ct.MarshalBinary()
 }
 
-// guardedReader refuses, before Lattigo allocates from them, length
-// prefixes larger than the bytes left (every element takes at least one
-// byte), and treats an exhausted buffer as EOF (Lattigo v6.2 recurses
-// forever on truncated slices otherwise; see he/keys.go).
-type guardedReader struct{ *buffer.Buffer }
-
-func (r *guardedReader) Peek(n int) ([]byte, error) {
-	if r.Buffer.Size() == 0 {
-		return nil, io.ErrUnexpectedEOF
-	}
-	b, err := r.Buffer.Peek(n)
-	if err == nil && n == 8 && len(b) == 8 {
-		// A lone 8-byte peek is a length prefix (ReadUint64); slices of
-		// coefficients are peeked whole. Lattigo's prefixes never exceed
-		// the remaining byte count in a well-formed encoding.
-		if v := binary.LittleEndian.Uint64(b); v > uint64(r.Buffer.Size()-8) {
-			return nil, fmt.Errorf("length prefix %d exceeds the %d bytes left", v, r.Buffer.Size()-8)
-		}
-	}
-	return b, err
-}
-
 // ------------------------------------------------------------------- keys
 
 // keySetMagic is he's key-set header (he/keys.go); a test checks that
@@ -397,7 +373,8 @@ var keySetMagic = []byte("ENTIEVK\x01")
 
 // ParseEvaluationKeys parses and validates an evaluation-key set received
 // for params (he's encoding: magic, parameter fingerprint, Lattigo key set),
-// with allocation guards on every length prefix. Errors are InvalidArgument.
+// with allocation guards on every length prefix (he.GuardedReader). Errors
+// are InvalidArgument.
 func ParseEvaluationKeys(params ckks.Parameters, data []byte, maxBytes int64) (ek *he.EvaluationKeys, err error) {
 	if maxBytes > 0 && int64(len(data)) > maxBytes {
 		return nil, Errorf(codes.InvalidArgument, "evaluation keys: %d bytes exceed the limit %d", len(data), maxBytes)
@@ -417,7 +394,7 @@ func ParseEvaluationKeys(params ckks.Parameters, data []byte, maxBytes int64) (e
 	}()
 	body := data[len(keySetMagic)+32:]
 	set := &rlwe.MemEvaluationKeySet{}
-	n, err := set.ReadFrom(&guardedReader{Buffer: buffer.NewBuffer(body)})
+	n, err := set.ReadFrom(he.NewGuardedReader(body))
 	if err != nil {
 		return nil, Errorf(codes.InvalidArgument, "evaluation keys: malformed or truncated encoding: %v", err)
 	}
@@ -534,7 +511,7 @@ func ParsePublicKey(params ckks.Parameters, data []byte) (pk *rlwe.PublicKey, er
 		}
 	}()
 	pk = new(rlwe.PublicKey)
-	if _, err := pk.ReadFrom(&guardedReader{Buffer: buffer.NewBuffer(data)}); err != nil {
+	if _, err := pk.ReadFrom(he.NewGuardedReader(data)); err != nil {
 		return nil, Errorf(codes.InvalidArgument, "public key: malformed encoding: %v", err)
 	}
 	for j, p := range pk.Value {
