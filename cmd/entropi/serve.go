@@ -61,6 +61,7 @@ flags:
 	maxTokens := fl.Int("max-tokens", caps.MaxNewTokens, "tokens one generation may produce")
 	maxMsg := fl.Int("max-message-bytes", caps.MaxMessageBytes, "largest gRPC message")
 	idle := fl.Duration("session-idle-timeout", 10*time.Minute, "drop sessions idle this long")
+	maxAge := fl.Duration("session-max-age", 24*time.Hour, "drop sessions this old, busy or not (a running generation ends with DeadlineExceeded)")
 	grace := fl.Duration("grace", 30*time.Second, "on shutdown, time running generations get to finish")
 	workers := fl.Int("workers", 0, "goroutines per session (0: all CPUs)")
 	logJSON := fl.Bool("log-json", false, "JSON logs")
@@ -70,6 +71,9 @@ flags:
 	if fl.NArg() > 0 {
 		fl.Usage()
 		return fmt.Errorf("unexpected arguments %v", fl.Args())
+	}
+	if *maxAge <= 0 {
+		return fmt.Errorf("--session-max-age %v: want a positive duration", *maxAge)
 	}
 	if (*certFile == "") != (*keyFile == "") {
 		return errors.New("--tls-cert and --tls-key go together")
@@ -103,10 +107,12 @@ flags:
 		return err
 	}
 	log.Info("engines built", "models", len(models), "seconds", time.Since(t0).Seconds())
-	srv, err := server.New(server.Config{Caps: caps, IdleTimeout: *idle, AllowInsecure: *allowInsecure, Logger: log}, models...)
+	srv, err := server.New(server.Config{Caps: caps, IdleTimeout: *idle, MaxSessionAge: *maxAge, AllowInsecure: *allowInsecure, Logger: log}, models...)
 	if err != nil {
 		return err
 	}
+	log.Info("limits", "max_sessions", caps.MaxSessions, "max_key_bytes", caps.MaxKeyBytes, "max_tokens", caps.MaxNewTokens,
+		"max_message_bytes", caps.MaxMessageBytes, "session_idle_timeout", idle.String(), "session_max_age", maxAge.String())
 	var opts []grpc.ServerOption
 	if *certFile != "" {
 		creds, err := credentials.NewServerTLSFromFile(*certFile, *keyFile)

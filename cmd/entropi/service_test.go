@@ -7,6 +7,11 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+
+	pb "github.com/entropi-ai/entropi/protocol"
 )
 
 // The service commands on 127.0.0.1 with the insecure test preset and tiny
@@ -22,7 +27,7 @@ func TestServeAndGenerate(t *testing.T) {
 	var slog bytes.Buffer
 	go func() {
 		served <- serveMain(ctx, []string{"--models", dir, "--addr", "127.0.0.1:0", "--preset", "insecure-test",
-			"--allow-insecure-presets", "--max-sessions", "2", "--session-idle-timeout", "1m"}, &slog, ready)
+			"--allow-insecure-presets", "--max-sessions", "2", "--session-idle-timeout", "1m", "--session-max-age", "2h"}, &slog, ready)
 	}()
 	var addr string
 	select {
@@ -44,6 +49,11 @@ func TestServeAndGenerate(t *testing.T) {
 			t.Errorf("generate summary lacks %q:\n%s", want, errb.String())
 		}
 	}
+	// The server holds the flags' session times: its answer for an unknown
+	// session names them.
+	if msg := unknownSessionError(t, ctx, addr); !strings.Contains(msg, "1m0s idle") || !strings.Contains(msg, "session age limit of 2h0m0s") {
+		t.Errorf("server's session times are not the flags' (1m, 2h): %s", msg)
+	}
 	// Without the flag the client refuses the insecure preset.
 	errb.Reset()
 	if err := generateMain(ctx, []string{"--server", addr, "--prompt", "func", "--n", "1"}, &out, &errb); err == nil || !strings.Contains(err.Error(), "insecure") {
@@ -53,9 +63,46 @@ func TestServeAndGenerate(t *testing.T) {
 	if err := <-served; err != nil {
 		t.Fatalf("serve: %v", err)
 	}
-	for _, want := range []string{"model loaded", "session created", "generation ended", "shutting down"} {
+	for _, want := range []string{"model loaded", "session_idle_timeout=1m0s", "session_max_age=2h0m0s", "session created", "generation ended", "shutting down"} {
 		if !strings.Contains(slog.String(), want) {
 			t.Errorf("server log lacks %q:\n%s", want, slog.String())
+		}
+	}
+}
+
+// unknownSessionError opens Generate on a session that does not exist and
+// returns the server's error message.
+func unknownSessionError(t *testing.T, ctx context.Context, addr string) string {
+	t.Helper()
+	conn, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	stream, err := pb.NewEntropiClient(conn).Generate(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := stream.Send(&pb.GenerateRequest{Msg: &pb.GenerateRequest_Start{Start: &pb.Start{SessionId: "no-such-session"}}}); err != nil {
+		t.Fatal(err)
+	}
+	_, err = stream.Recv()
+	if err == nil {
+		t.Fatal("Generate on an unknown session succeeded")
+	}
+	return err.Error()
+}
+
+// --session-max-age must be positive (checked before any model loads).
+func TestServeRefusesNonPositiveSessionMaxAge(t *testing.T) {
+	for _, args := range [][]string{
+		{"--session-max-age", "0s"},
+		{"--session-max-age", "-1h"},
+	} {
+		var errb bytes.Buffer
+		err := serveMain(context.Background(), append([]string{"--models", t.TempDir()}, args...), &errb, nil)
+		if err == nil || !strings.Contains(err.Error(), args[0]) || !strings.Contains(err.Error(), "positive") {
+			t.Errorf("serve %v: %v", args, err)
 		}
 	}
 }
