@@ -398,11 +398,17 @@ func (b *backend) matvecMany(name string, c int, x *cval, nOut int, rows func(o 
 		mvs[o] = mv
 		b.op().KeySwitches += mv.Cost().KeySwitches()
 	}
+	return b.evaluateMany(name, x, mvs)
+}
+
+// evaluateMany runs the products mvs on x in one call (live runs).
+func (b *backend) evaluateMany(name string, x *cval, mvs []*he.MatVec) []*cval {
 	res, err := b.s.ev.EvaluateMany([]*rlwe.Ciphertext{x.ct}, mvs...)
 	if err != nil {
 		b.fail(fmt.Errorf("engine: %s: %w", name, err))
-		return b.errVal(nOut).parts
+		return b.errVal(len(mvs)).parts
 	}
+	out := make([]*cval, len(mvs))
 	for o := range out {
 		out[o] = &cval{ct: res[o][0], level: res[o][0].Level()}
 	}
@@ -458,9 +464,6 @@ func (b *backend) Linear(name string, x *val, w *mat.Dense, bias []float64) *val
 	if b.err != nil {
 		return b.errVal(nOut)
 	}
-	if x.tm {
-		return b.linearTM(name, x, w, bias)
-	}
 	if in%d != 0 || out%d != 0 || len(x.parts) != nIn {
 		b.failf("engine: %s: shape [%d, %d] with %d input chunks of %d", name, in, out, len(x.parts), d)
 		return b.errVal(nOut)
@@ -468,6 +471,11 @@ func (b *backend) Linear(name string, x *val, w *mat.Dense, bias []float64) *val
 	defer b.timed("linear", b.mark())
 	w, bias = foldAffine(x, w, bias)
 	b.begin(name, "linear", x.level())
+	if x.tm {
+		parts := b.linearInputsTM(name, x)
+		outs := b.linearBlocks(name, parts, w, bias, nOut, b.matvecManyTM, func(v []float64) []float64 { return b.e.tmVec(v, x.rows) })
+		return &val{parts: outs, tm: true, rows: x.rows}
+	}
 	minOut := b.e.maskLevel
 	if strings.HasSuffix(name, "attn.c_attn") {
 		minOut = b.e.maskLevel + 3 // k, v are appended (1 level) to a cache that feeds two more products
@@ -489,9 +497,18 @@ func (b *backend) Linear(name string, x *val, w *mat.Dense, bias []float64) *val
 		b.op().Layout = "replicated"
 	}
 	b.op().LevelIn = parts[0].level
+	return &val{parts: b.linearBlocks(name, parts, w, bias, nOut, b.matvecMany, b.e.replicate)}
+}
+
+// linearBlocks sums W's d×d block products over the input chunks parts
+// (many evaluates or plans the blocks (o, c), o < nOut, on chunk c), adds
+// the bias laid out by vec and ends the operation.
+func (b *backend) linearBlocks(name string, parts []*cval, w *mat.Dense, bias []float64, nOut int,
+	many func(name string, c int, x *cval, nOut int, rows func(o int) he.Rows) []*cval, vec func([]float64) []float64) []*cval {
+	d := b.e.cfg.Dim
 	outs := make([]*cval, nOut)
-	for c := 0; c < nIn; c++ {
-		ys := b.matvecMany(name, c, parts[c], nOut, func(o int) he.Rows {
+	for c := range parts {
+		ys := many(name, c, parts[c], nOut, func(o int) he.Rows {
 			r := make(he.Rows, d)
 			for i := range r {
 				r[i] = make([]float64, d)
@@ -511,14 +528,14 @@ func (b *backend) Linear(name string, x *val, w *mat.Dense, bias []float64) *val
 	}
 	if bias != nil {
 		for o := range outs {
-			outs[o] = b.addVec(outs[o], b.e.replicate(bias[o*d:(o+1)*d]))
+			outs[o] = b.addVec(outs[o], vec(bias[o*d:(o+1)*d]))
 		}
 	}
 	b.end(outs[0].level)
 	for i, o := range outs {
 		b.trace(fmt.Sprintf("%s[%d]", name, i), o)
 	}
-	return &val{parts: outs}
+	return outs
 }
 
 // foldAffine folds x's pending map y = mul·(x⊙g) + c into (W, bias):
@@ -657,42 +674,22 @@ func (b *backend) Activate(x *val, act string) *val {
 // polyAll evaluates a polynomial on every part (in parallel, one
 // PolyEvaluator per goroutine) and counts its ct×ct products.
 func (b *backend) polyAll(parts []*cval, depth int, f func(*he.PolyEvaluator, *rlwe.Ciphertext) (*rlwe.Ciphertext, error)) []*cval {
-	out := make([]*cval, len(parts))
-	for i, p := range parts {
-		out[i] = &cval{level: p.level - depth}
-		b.req.AddRelin(p.level)
-	}
-	if b.dry || b.err != nil {
-		return out
-	}
-	before := b.s.counters.Count(he.OpRelin)
-	errs := make([]error, len(parts))
-	parallelDo(b.s.workers, len(parts), func(i int) {
-		pe := he.NewPolyEvaluator(b.e.params, b.s.ev.Eval)
-		t0 := time.Now()
-		ct, err := f(pe, parts[i].ct)
-		errs[i] = err
-		if err == nil {
-			out[i] = &cval{ct: ct, level: ct.Level()}
-		}
-		b.s.counters.Add(he.OpMulCtCt, 0, time.Since(t0))
+	return b.polyEach(parts, depth, func(_ int, pe *he.PolyEvaluator, ct *rlwe.Ciphertext) (*rlwe.Ciphertext, error) {
+		return f(pe, ct)
 	})
-	for _, err := range errs {
-		b.fail(err)
-	}
-	_ = before
-	return out
 }
 
 // LayerNorm: μ by a rotation sum, c = x − μ (one level), σ² + eps from
 // Σ c² (two levels), 1/√· by the approximation set's inverse square root,
 // y = c·r (one level); g and b stay pending for the next product.
+// Token-major values (batched prefill) are centred row by row
+// (centerTM); ln_f is skipped in batches that do not end the prompt.
 func (b *backend) LayerNorm(name string, x *val, g, bb []float64, eps float64) *val {
 	if b.err != nil {
 		return x
 	}
-	if x.tm {
-		return b.layerNormTM(name, x, g, bb, eps)
+	if x.tm && name == "ln_f" && b.skipsHead() {
+		return x
 	}
 	defer b.timed("layernorm", b.mark())
 	x = b.materialize(x, name)
@@ -701,17 +698,27 @@ func (b *backend) LayerNorm(name string, x *val, g, bb []float64, eps float64) *
 		b.failf("engine: %s: LayerNorm over %d chunks", name, len(x.parts))
 		return x
 	}
+	if x.tm && b.e.set.InvSqrt == nil {
+		b.failf("engine: %s: the approximation set has no inverse square root", name)
+		return x
+	}
 	b.begin(name+".center", "norm", x.level())
 	p := b.ensure(x.parts, 3, b.e.maskLevel, false)[0]
 	b.op().LevelIn = p.level
-	rs := pow2Rots(1, d)
-	s := b.foldRot(p, rs)
-	negMean := b.mulVec(s, b.e.constVec(-1/float64(d)))
-	c := b.add(p, negMean)
-	c2 := b.mulRelin(c, c)
-	v := b.foldRot(c2, rs)
-	t := b.mulVec(v, b.e.constVec(1/float64(d)))
-	t = b.addVec(t, b.e.constVec(eps))
+	var c, t *cval
+	if x.tm {
+		b.op().Layout = "token-major"
+		c, t = b.centerTM(p, eps, x.rows)
+	} else {
+		rs := pow2Rots(1, d)
+		s := b.foldRot(p, rs)
+		negMean := b.mulVec(s, b.e.constVec(-1/float64(d)))
+		c = b.add(p, negMean)
+		c2 := b.mulRelin(c, c)
+		v := b.foldRot(c2, rs)
+		t = b.mulVec(v, b.e.constVec(1/float64(d)))
+		t = b.addVec(t, b.e.constVec(eps))
+	}
 	b.end(t.level)
 	b.trace(name+".c", c)
 	b.trace(name+".var+eps", t)
@@ -722,26 +729,40 @@ func (b *backend) LayerNorm(name string, x *val, g, bb []float64, eps float64) *
 	y := b.mulRelin(cr[0], cr[1])
 	b.end(y.level)
 	b.trace(name+".y", y)
-	return &val{parts: []*cval{y}, gain: append([]float64(nil), g...), bias: append([]float64(nil), bb...)}
+	out := &val{parts: []*cval{y}, gain: append([]float64(nil), g...), bias: append([]float64(nil), bb...)}
+	if x.tm {
+		out.tm, out.rows = true, x.rows
+	}
+	return out
 }
 
-// Logits: x·wteᵀ (the tied LM head) with x's pending map folded in.
+// Logits: x·wteᵀ (the tied LM head) with x's pending map folded in. A
+// token-major value (batched prefill) gives its last row's logits (the row
+// extracted into the replicated layout), in the batch that ends the
+// prompt only.
 func (b *backend) Logits(x *val, wte *mat.Dense) *val {
 	if b.err != nil {
 		return b.errVal(1)
 	}
-	if x.tm {
-		return b.logitsTM(x, wte)
+	if x.tm && b.skipsHead() {
+		return plain(&cval{})
 	}
 	defer b.timed("logits", b.mark())
 	vocab, d := wte.Dims()
 	wt := mat.NewDense(d, vocab, nil)
 	wt.Copy(wte.T())
 	w, bias := foldAffine(x, wt, nil)
-	b.begin("lm_head", "logits", x.level())
-	p := b.ensure(x.parts, 1, 0, false)[0]
+	op, depth := "lm_head", 1
+	if x.tm {
+		op, depth = "lm_head (last row)", 2
+	}
+	b.begin(op, "logits", x.level())
+	p := b.ensure(x.parts, depth, 0, false)[0]
 	b.op().LevelIn = p.level
 	b.op().Layout = "replicated"
+	if x.tm {
+		p = b.extractRow(p, x.rows-1)
+	}
 	y := b.matvec("lm_head", 0, 0, p, func() he.Rows { return he.TransposeRows(he.RowsFromDense(w)) }, vocab, d)
 	if bias != nil {
 		y = b.addVec(y, b.e.replicatePeriod(bias, b.e.logitPeriod))

@@ -111,19 +111,10 @@ func (b *backend) embedTM(pos0 int, wte, wpe *mat.Dense) *val {
 	return &val{parts: []*cval{x}, tm: true, rows: T}
 }
 
-// linearTM: every d×d block (o, c) of W once for all rows (he.Planner.
-// Batched); blocks sharing an input chunk share its baby steps.
-func (b *backend) linearTM(name string, x *val, w *mat.Dense, bias []float64) *val {
-	in, out := w.Dims()
-	d := b.e.cfg.Dim
-	nIn, nOut := in/d, out/d
-	if in%d != 0 || out%d != 0 || len(x.parts) != nIn {
-		b.failf("engine: %s: shape [%d, %d] with %d input chunks of %d", name, in, out, len(x.parts), d)
-		return b.errVal(nOut)
-	}
-	defer b.timed("linear", b.mark())
-	w, bias = foldAffine(x, w, bias)
-	b.begin(name, "linear", x.level())
+// linearInputsTM prepares the token-major input chunks of a batched
+// Linear (every d×d block (o, c) of W once for all rows, he.Planner.
+// Batched; blocks sharing an input chunk share its baby steps).
+func (b *backend) linearInputsTM(name string, x *val) []*cval {
 	minOut := b.e.maskLevel
 	var layer int
 	if _, err := fmt.Sscanf(name, "h.%d.attn.c_attn", &layer); err == nil && strings.HasSuffix(name, "attn.c_attn") {
@@ -141,36 +132,7 @@ func (b *backend) linearTM(name string, x *val, w *mat.Dense, bias []float64) *v
 	parts := b.ensure(x.parts, 1, minOut, false)
 	b.op().LevelIn = parts[0].level
 	b.op().Layout = fmt.Sprintf("token-major ×%d", b.e.pf.batch)
-	outs := make([]*cval, nOut)
-	for c := 0; c < nIn; c++ {
-		ys := b.matvecManyTM(name, c, parts[c], nOut, func(o int) he.Rows {
-			r := make(he.Rows, d)
-			for i := range r {
-				r[i] = make([]float64, d)
-				for j := range r[i] {
-					r[i][j] = w.At(c*d+j, o*d+i)
-				}
-			}
-			return r
-		})
-		for o, y := range ys {
-			if outs[o] == nil {
-				outs[o] = y
-			} else {
-				outs[o] = b.add(outs[o], y)
-			}
-		}
-	}
-	if bias != nil {
-		for o := range outs {
-			outs[o] = b.addVec(outs[o], b.e.tmVec(bias[o*d:(o+1)*d], x.rows))
-		}
-	}
-	b.end(outs[0].level)
-	for i, o := range outs {
-		b.trace(fmt.Sprintf("%s[%d]", name, i), o)
-	}
-	return &val{parts: outs, tm: true, rows: x.rows}
+	return parts
 }
 
 func tmKey(name string, o, c, level int) string {
@@ -227,95 +189,38 @@ func (b *backend) matvecManyTM(name string, c int, x *cval, nOut int, rows func(
 		}
 		b.op().KeySwitches += mvs[o].Cost().KeySwitches()
 	}
-	res, err := b.s.ev.EvaluateMany([]*rlwe.Ciphertext{x.ct}, mvs...)
-	if err != nil {
-		b.fail(fmt.Errorf("engine: %s: %w", name, err))
-		return b.errVal(nOut).parts
-	}
-	for o := range out {
-		out[o] = &cval{ct: res[o][0], level: res[o][0].Level()}
-	}
-	return out
+	return b.evaluateMany(name, x, mvs)
 }
 
-// layerNormTM normalizes every row of a token-major value: row sums by
-// rotations 1…d/2 (valid at each row's first slot), read there by the
-// scaling mask (which the replicated path spends anyway on −1/d and 1/d),
-// broadcast back over the row by rotations −1…−d/2. Rows ≥ rows get the
-// inverse square root's mid-range as variance (their values are zero).
-// ln_f is skipped in batches that do not end the prompt.
-func (b *backend) layerNormTM(name string, x *val, g, bb []float64, eps float64) *val {
-	if name == "ln_f" {
-		if b.headRound < 0 {
-			b.headRound = len(b.rounds)
-		}
-		if b.skipHead {
-			return x
-		}
-	}
-	defer b.timed("layernorm", b.mark())
-	x = b.materialize(x, name)
-	d := b.e.cfg.Dim
-	if len(x.parts) != 1 {
-		b.failf("engine: %s: LayerNorm over %d chunks", name, len(x.parts))
-		return x
-	}
-	if b.e.set.InvSqrt == nil {
-		b.failf("engine: %s: the approximation set has no inverse square root", name)
-		return x
-	}
-	b.begin(name+".center", "norm", x.level())
-	p := b.ensure(x.parts, 3, b.e.maskLevel, false)[0]
-	b.op().LevelIn = p.level
-	b.op().Layout = "token-major"
-	sums, bcast := pow2Rots(1, d), negs(pow2Rots(1, d))
-	s := b.foldRot(p, sums)
-	negMean := b.mulVec(s, b.e.startVec(-1/float64(d), 0, x.rows))
-	negMean = b.foldRot(negMean, bcast)
-	c := b.add(p, negMean)
-	c2 := b.mulRelin(c, c)
-	v := b.foldRot(c2, sums)
-	t := b.mulVec(v, b.e.startVec(1/float64(d), 0, x.rows))
-	t = b.addVec(t, b.e.startVec(eps, mid(b.e.set.InvSqrt.Range()), x.rows))
-	t = b.foldRot(t, bcast)
-	b.end(t.level)
-	b.trace(name+".c", c)
-	b.trace(name+".var+eps", t)
-	r := b.invSqrt(name, t)
-	b.trace(name+".invsqrt", r)
-	b.begin(name+".scale", "norm", min(c.level, r.level))
-	cr := b.ensure([]*cval{c, r}, 1, b.e.maskLevel, false)
-	y := b.mulRelin(cr[0], cr[1])
-	b.end(y.level)
-	b.trace(name+".y", y)
-	return &val{parts: []*cval{y}, gain: append([]float64(nil), g...), bias: append([]float64(nil), bb...), tm: true, rows: x.rows}
-}
-
-// logitsTM runs the LM head on the batch's last row (extracted into the
-// replicated layout), in the batch that ends the prompt only.
-func (b *backend) logitsTM(x *val, wte *mat.Dense) *val {
+// skipsHead records where the head (ln_f, then the LM head) starts in a
+// batched prefill (the number of refresh rounds made before it) and tells
+// whether this batch skips it (every batch but the prompt's last).
+func (b *backend) skipsHead() bool {
 	if b.headRound < 0 {
 		b.headRound = len(b.rounds)
 	}
-	if b.skipHead {
-		return plain(&cval{})
-	}
-	defer b.timed("logits", b.mark())
-	vocab, d := wte.Dims()
-	wt := mat.NewDense(d, vocab, nil)
-	wt.Copy(wte.T())
-	w, bias := foldAffine(x, wt, nil)
-	b.begin("lm_head (last row)", "logits", x.level())
-	p := b.ensure(x.parts, 2, 0, false)[0]
-	b.op().LevelIn = p.level
-	b.op().Layout = "replicated"
-	last := b.extractRow(p, x.rows-1)
-	y := b.matvec("lm_head", 0, 0, last, func() he.Rows { return he.TransposeRows(he.RowsFromDense(w)) }, vocab, d)
-	if bias != nil {
-		y = b.addVec(y, b.e.replicatePeriod(bias, b.e.logitPeriod))
-	}
-	b.end(y.level)
-	return plain(y)
+	return b.skipHead
+}
+
+// centerTM is LayerNorm's first step on every row of a token-major value
+// p: row sums by rotations 1…d/2 (valid at each row's first slot), read
+// there by the scaling mask (which the replicated path spends anyway on
+// −1/d and 1/d), broadcast back over the row by rotations −1…−d/2. It
+// returns the centred rows c and σ² + eps; rows ≥ rows get the inverse
+// square root's mid-range as variance (their values are zero).
+func (b *backend) centerTM(p *cval, eps float64, rows int) (c, t *cval) {
+	d := b.e.cfg.Dim
+	sums, bcast := pow2Rots(1, d), negs(pow2Rots(1, d))
+	s := b.foldRot(p, sums)
+	negMean := b.mulVec(s, b.e.startVec(-1/float64(d), 0, rows))
+	negMean = b.foldRot(negMean, bcast)
+	c = b.add(p, negMean)
+	c2 := b.mulRelin(c, c)
+	v := b.foldRot(c2, sums)
+	t = b.mulVec(v, b.e.startVec(1/float64(d), 0, rows))
+	t = b.addVec(t, b.e.startVec(eps, mid(b.e.set.InvSqrt.Range()), rows))
+	t = b.foldRot(t, bcast)
+	return c, t
 }
 
 // attentionTM: the batch's keys and values join the KV cache in one add
