@@ -94,7 +94,10 @@ func TestMeasureTinyInsecure(t *testing.T) {
 		require.Greater(t, r.Setup.KeygenSeconds, 0.0)
 		require.Greater(t, r.Prefill.BytesUp, uint64(0))
 		require.Greater(t, r.Prefill.BytesDown, uint64(0))
-		require.Equal(t, 2*r.Plan.RefreshRounds, r.Prefill.RefreshRounds)
+		// Batched prefill: one batch for the 2 prompt tokens, never more
+		// rounds than token by token.
+		require.Greater(t, r.Prefill.RefreshRounds, 0)
+		require.LessOrEqual(t, r.Prefill.RefreshRounds, 2*r.Plan.RefreshRounds)
 		d := r.Decode
 		require.Greater(t, d.BytesUp, uint64(0))
 		require.Greater(t, d.BytesDown, uint64(0))
