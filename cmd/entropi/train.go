@@ -100,6 +100,8 @@ flags:
 	resume := fs.String("resume", "", "resume from this state file (its configuration wins over the flags)")
 	scoreBound := fs.Float64("score-bound", 0, "attention scores outside [−bound, bound] are penalized (HE needs a fixed exp range; model/train/range.go)")
 	scorePenalty := fs.Float64("score-penalty", 0, "weight μ of the score-range penalty (0: off)")
+	meanBound := fs.Float64("mean-bound", 0, "each attention row's log mean exp-score outside [−bound, bound] is penalized (the HE softmax's reciprocal range; model/train/range.go)")
+	meanPenalty := fs.Float64("mean-penalty", 0, "weight ν of the mean exp-score penalty (0: off)")
 	extendLR := fs.Float64("extend-lr", 0, "with --extend-tokens: learning rate of the extension (0: the final learning rate)")
 	extend := fs.Float64("extend-tokens", 0, "with --resume: train this many more tokens after the state's last step at its final learning rate, with --score-bound/--score-penalty if given (a fine-tuning phase)")
 	evalEvery := fs.Int("eval-every", 200, "held-out evaluation every this many steps (0: only at the end)")
@@ -145,6 +147,7 @@ flags:
 		}
 		opts.WeightNorm, opts.SpectralNorm = *wn, *sn
 		opts.ScoreBound, opts.ScorePenalty = *scoreBound, *scorePenalty
+		opts.MeanBound, opts.MeanPenalty = *meanBound, *meanPenalty
 		n := *steps
 		if n <= 0 {
 			n = int(math.Ceil(*tokens / float64(*batch**ctxLen)))
@@ -181,9 +184,9 @@ flags:
 		tr, err = train.ResumeTrainer(*resume, enc.Train, enc.HeldOut, *workers)
 		if err == nil && *extend > 0 {
 			n := int(math.Ceil(*extend / float64(tr.Config.TokensPerStep())))
-			err = tr.Extend(n, *extendLR, *scoreBound, *scorePenalty)
+			err = tr.ExtendWith(n, *extendLR, train.Options{ScoreBound: *scoreBound, ScorePenalty: *scorePenalty, MeanBound: *meanBound, MeanPenalty: *meanPenalty})
 			cfg = tr.Config
-			logf("extending by %d steps (%.0f tokens) at lr %.2e; score bound %g, penalty %g", n, float64(n*cfg.TokensPerStep()), extensionLR(cfg), cfg.Opts.ScoreBound, cfg.Opts.ScorePenalty)
+			logf("extending by %d steps (%.0f tokens) at lr %.2e; score bound %g, penalty %g; mean bound %g, penalty %g", n, float64(n*cfg.TokensPerStep()), extensionLR(cfg), cfg.Opts.ScoreBound, cfg.Opts.ScorePenalty, cfg.Opts.MeanBound, cfg.Opts.MeanPenalty)
 		}
 	} else {
 		tr, err = train.NewTrainer(cfg, enc.Train, enc.HeldOut, *workers)

@@ -18,7 +18,7 @@ type Workspace struct {
 	grads      [][]float64
 
 	// Score-range penalty of the last forward pass (range.go).
-	rangeSum, scoreMax float64
+	rangeSum, scoreMax, meanSum float64
 
 	// Effective block matrices (reparametrized models only) and the gradient
 	// with respect to them, per layer and linear kind.
@@ -399,7 +399,7 @@ var attnBlock = 32
 const entropyEps = 1e-9
 
 func (ws *Workspace) forward(p *Params, inputs [][]int, B, T int) {
-	ws.rangeSum, ws.scoreMax = 0, 0
+	ws.rangeSum, ws.scoreMax, ws.meanSum = 0, 0, 0
 	cfg := p.Config
 	d, H, V := cfg.Dim, cfg.Heads, cfg.Vocab
 	dk := d / H
@@ -460,6 +460,7 @@ func (ws *Workspace) forward(p *Params, inputs [][]int, B, T int) {
 						m = max(m, srow[j])
 					}
 					ws.observeScores(p, srow)
+					ws.observeMean(p, srow)
 					var s float64
 					for j, v := range srow {
 						e := math.Exp(v - m)

@@ -286,6 +286,7 @@ func TestGradAblations(t *testing.T) {
 		{"entropy-guided with spectral norm", tinyEntropyGuided, Options{SpectralNorm: true, EntropyReg: true, Lambda: 0.5}},
 		{"entropy-guided with score-range penalty", tinyEntropyGuided, Options{EntropyReg: true, Lambda: 0.5, ScorePenalty: 3, ScoreBound: 0.05}},
 		{"baseline with score-range penalty", tinyBaseline, Options{ScorePenalty: 3, ScoreBound: 0.05}},
+		{"entropy-guided with mean exp-score penalty", tinyEntropyGuided, Options{EntropyReg: true, Lambda: 0.5, MeanPenalty: 5, MeanBound: 0.02}},
 	}
 	for ci, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
@@ -305,14 +306,14 @@ func TestGradAblations(t *testing.T) {
 			if c.opts.EntropyReg {
 				setThresholds(t, p, in, [][]float64{{0.4, -0.4}, {-0.35, 0.1}})
 			}
-			if c.opts.ScorePenalty > 0 {
+			if c.opts.ScorePenalty > 0 || c.opts.MeanPenalty > 0 {
 				// The penalty must be active on part of the scores, not all.
 				ws := NewWorkspace(p, 2, 5)
 				res, err := ws.ForwardBackward(p, in, tg)
 				if err != nil {
 					t.Fatal(err)
 				}
-				if !(res.Range > 0) || !(res.ScoreMax > c.opts.ScoreBound) {
+				if !(res.Range > 0) || (c.opts.ScorePenalty > 0 && !(res.ScoreMax > c.opts.ScoreBound)) {
 					t.Fatalf("score-range penalty inactive: range %g, max |s| %g, bound %g", res.Range, res.ScoreMax, c.opts.ScoreBound)
 				}
 			}

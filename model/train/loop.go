@@ -87,6 +87,14 @@ func (c *Config) schedule() Schedule {
 // scorePenalty > 0, the score-range penalty with that bound (range.go).
 // The data stream and the optimizer state continue where they were.
 func (t *Trainer) Extend(n int, lr, scoreBound, scorePenalty float64) error {
+	return t.ExtendWith(n, lr, Options{ScoreBound: scoreBound, ScorePenalty: scorePenalty})
+}
+
+// ExtendWith is Extend with the range penalties of o (ScoreBound,
+// ScorePenalty, MeanBound, MeanPenalty; a zero penalty leaves the current
+// one).
+func (t *Trainer) ExtendWith(n int, lr float64, o Options) error {
+	scoreBound, scorePenalty := o.ScoreBound, o.ScorePenalty
 	switch {
 	case n < 1:
 		return fmt.Errorf("train: extend by %d steps", n)
@@ -96,6 +104,8 @@ func (t *Trainer) Extend(n int, lr, scoreBound, scorePenalty float64) error {
 		return fmt.Errorf("train: extension learning rate %g outside [0, peak %g]", lr, t.Config.LR)
 	case scorePenalty < 0 || (scorePenalty > 0 && !(scoreBound > 0)):
 		return fmt.Errorf("train: score penalty %g needs a positive bound (got %g)", scorePenalty, scoreBound)
+	case o.MeanPenalty < 0 || (o.MeanPenalty > 0 && !(o.MeanBound > 0)):
+		return fmt.Errorf("train: mean penalty %g needs a positive bound (got %g)", o.MeanPenalty, o.MeanBound)
 	}
 	if t.Config.ScheduleSteps == 0 {
 		t.Config.ScheduleSteps = t.Config.Steps
@@ -105,6 +115,10 @@ func (t *Trainer) Extend(n int, lr, scoreBound, scorePenalty float64) error {
 	if scorePenalty > 0 {
 		t.Config.Opts.ScoreBound, t.Config.Opts.ScorePenalty = scoreBound, scorePenalty
 		t.Params.Opts.ScoreBound, t.Params.Opts.ScorePenalty = scoreBound, scorePenalty
+	}
+	if o.MeanPenalty > 0 {
+		t.Config.Opts.MeanBound, t.Config.Opts.MeanPenalty = o.MeanBound, o.MeanPenalty
+		t.Params.Opts.MeanBound, t.Params.Opts.MeanPenalty = o.MeanBound, o.MeanPenalty
 	}
 	return t.Config.normalize()
 }

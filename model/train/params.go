@@ -28,6 +28,13 @@ type Options struct {
 	// subtraction, so the scores must stay in a range known in advance.
 	ScorePenalty float64 `json:",omitempty"`
 	ScoreBound   float64 `json:",omitempty"`
+	// MeanPenalty ν > 0 adds ν·L_mean, a penalty on each attention row's
+	// log mean exp-score outside [−MeanBound, MeanBound] (range.go): the
+	// encrypted softmax divides by the mean exp-score with a Newton
+	// reciprocal whose step count grows with the ratio of that mean's
+	// range.
+	MeanPenalty float64 `json:",omitempty"`
+	MeanBound   float64 `json:",omitempty"`
 }
 
 // DefaultGamma is the design notes' tolerance margin γ.

@@ -32,14 +32,60 @@ func (ws *Workspace) observeScores(p *Params, srow []float64) {
 	}
 }
 
-// rangePenalty returns μ·L_range of the last forward pass and its largest
-// |score|.
+// rangePenalty returns μ·L_range + ν·L_mean of the last forward pass and
+// its largest |score|.
 func (ws *Workspace) rangePenalty(p *Params, B, T int) (pen, scoreMax float64) {
-	if p.Opts.ScorePenalty <= 0 {
-		return 0, ws.scoreMax
+	L, H := p.Config.Layers, p.Config.Heads
+	n := float64(L * H * B * T)
+	if p.Opts.ScorePenalty > 0 {
+		pen += p.Opts.ScorePenalty * ws.rangeSum / n
+	}
+	if p.Opts.MeanPenalty > 0 {
+		pen += p.Opts.MeanPenalty * ws.meanSum / n
+	}
+	return pen, ws.scoreMax
+}
+
+// Mean exp-score penalty:
+//
+//	L_mean = (1/(L·H·B·T)) Σ_{l,h,b,i} relu(|m_i| − M)²,  m_i = log((1/(i+1)) Σ_{j≤i} e^{s_ij})
+//
+// with M = Options.MeanBound; ∂m_i/∂s_ij = a_ij (the attention weight).
+
+// rowExcess returns relu(|m| − M) with the sign of m for one softmax row.
+func rowExcess(p *Params, srow []float64) float64 {
+	m := math.Inf(-1)
+	for _, v := range srow {
+		m = max(m, v)
+	}
+	var s float64
+	for _, v := range srow {
+		s += math.Exp(v - m)
+	}
+	lm := m + math.Log(s/float64(len(srow)))
+	a := math.Abs(lm) - p.Opts.MeanBound
+	if a <= 0 {
+		return 0
+	}
+	return math.Copysign(a, lm)
+}
+
+// observeMean accumulates the mean penalty of one softmax row.
+func (ws *Workspace) observeMean(p *Params, srow []float64) {
+	if p.Opts.MeanPenalty <= 0 {
+		return
+	}
+	e := rowExcess(p, srow)
+	ws.meanSum += e * e
+}
+
+// meanGrad is ∂(ν·L_mean)/∂m_i for one row; ∂/∂s_ij is that times a_ij.
+func (ws *Workspace) meanGrad(p *Params, srow []float64, B, T int) float64 {
+	if p.Opts.MeanPenalty <= 0 {
+		return 0
 	}
 	L, H := p.Config.Layers, p.Config.Heads
-	return p.Opts.ScorePenalty * ws.rangeSum / float64(L*H*B*T), ws.scoreMax
+	return 2 * p.Opts.MeanPenalty * rowExcess(p, srow) / float64(L*H*B*T)
 }
 
 // scoreGrad is ∂(μ·L_range)/∂s for one scaled score s.
