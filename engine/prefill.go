@@ -305,16 +305,6 @@ func (s *Session) batch(ctx context.Context, in []*rlwe.Ciphertext, logits bool)
 	if logits {
 		ct = out.parts[0].ct
 		ts.LevelOut = ct.Level()
-		tf := time.Now()
-		if ct, err = s.flooder.Flood(ct); err != nil {
-			s.broken = err
-			return nil, fmt.Errorf("engine: flood: %w", err)
-		}
-		ts.add("flood", time.Since(tf))
 	}
-	ts.Time = time.Since(t0)
-	ts.Ops = s.counters.Snapshot().Sub(snap)
-	ts.fill()
-	s.stats.Tokens = append(s.stats.Tokens, *ts)
-	return ct, nil
+	return s.finish(ct, logits, ts, t0, snap)
 }

@@ -134,8 +134,17 @@ func (s *Session) step(ctx context.Context, in *rlwe.Ciphertext, phase string, l
 	s.pos++
 	ct := out.parts[0].ct
 	ts.LevelOut = ct.Level()
-	if logits {
+	return s.finish(ct, logits, ts, t0, snap)
+}
+
+// finish ends a step (or a prefill batch) that succeeded: it floods the
+// logits ct when flood is set (a failure aborts the session), then closes
+// ts (time since t0, operations since snap) and appends it to the
+// session's statistics.
+func (s *Session) finish(ct *rlwe.Ciphertext, flood bool, ts *TokenStats, t0 time.Time, snap he.Snapshot) (*rlwe.Ciphertext, error) {
+	if flood {
 		tf := time.Now()
+		var err error
 		if ct, err = s.flooder.Flood(ct); err != nil {
 			s.broken = err
 			return nil, fmt.Errorf("engine: flood: %w", err)
