@@ -140,48 +140,14 @@ func testBootMatch(t *testing.T, cfg model.Config, promptLen, steps int) {
 	ctx := context.Background()
 	prompt := randomSeqs(cfg, 1, promptLen, 99)[0]
 
-	ref, err := model.NewApprox(cfg, f.set)
-	require.NoError(t, err)
-	rs := model.NewSession(f.w, ref)
-	pl, err := rs.Prefill(prompt)
-	require.NoError(t, err)
-	wantLogits := [][]float64{append([]float64(nil), pl.RawRowView(len(prompt)-1)...)}
-	var wantToks []int
-	for s := 0; s < steps; s++ {
-		tok := argmax(wantLogits[s])
-		wantToks = append(wantToks, tok)
-		l, err := rs.Step(tok)
-		require.NoError(t, err)
-		wantLogits = append(wantLogits, append([]float64(nil), l...))
-	}
+	wantLogits, wantToks, ref := approxGreedy(t, f, cfg, prompt, steps)
 	require.Zero(t, ref.Ranges.Violations(), "approximation range violations in the reference run")
 
 	cts, err := f.client.EncryptPrompt(prompt)
 	require.NoError(t, err)
 	out, err := f.sess.Prefill(ctx, cts)
 	require.NoError(t, err)
-	var maxErr, maxRel float64
-	var gotToks []int
-	for s := 0; ; s++ {
-		got, err := f.client.DecryptLogits(out)
-		require.NoError(t, err)
-		want := wantLogits[s]
-		var e float64
-		for i := range want {
-			e = math.Max(e, math.Abs(got[i]-want[i]))
-		}
-		maxErr, maxRel = math.Max(maxErr, e), math.Max(maxRel, e/spread(want))
-		require.Less(t, e, 0.02*spread(want), "step %d: logit error %.3g vs spread %.3g", s, e, spread(want))
-		if s == steps {
-			break
-		}
-		tok := argmax(got)
-		gotToks = append(gotToks, tok)
-		ct, err := f.client.EncryptToken(tok, len(prompt)+s)
-		require.NoError(t, err)
-		out, err = f.sess.Decode(ctx, ct)
-		require.NoError(t, err)
-	}
+	gotToks, maxErr, maxRel := decodeGreedy(t, f, out, wantLogits, len(prompt), 0.02)
 	require.Equal(t, wantToks, gotToks, "greedy tokens")
 	st := f.sess.Stats()
 	p := f.eng.Plan()

@@ -127,20 +127,7 @@ func testMatch(t *testing.T, kind string) {
 	prompt := randomSeqs(cfg, 1, 8, 99)[0]
 
 	// Reference run first: greedy tokens, logits, range violations.
-	ref, err := model.NewApprox(cfg, f.set)
-	require.NoError(t, err)
-	rs := model.NewSession(f.w, ref)
-	pl, err := rs.Prefill(prompt)
-	require.NoError(t, err)
-	wantLogits := [][]float64{append([]float64(nil), pl.RawRowView(len(prompt)-1)...)}
-	var wantToks []int
-	for s := 0; s < steps; s++ {
-		tok := argmax(wantLogits[s])
-		wantToks = append(wantToks, tok)
-		l, err := rs.Step(tok)
-		require.NoError(t, err)
-		wantLogits = append(wantLogits, append([]float64(nil), l...))
-	}
+	wantLogits, wantToks, ref := approxGreedy(t, f, cfg, prompt, steps)
 	viol := ref.Ranges.Violations()
 	t.Logf("%s reference ranges:\n%s", kind, ref.Ranges)
 	require.Zero(t, viol, "approximation range violations in the reference run: the calibration does not cover this prompt")
@@ -149,28 +136,7 @@ func testMatch(t *testing.T, kind string) {
 	require.NoError(t, err)
 	out, err := f.sess.Prefill(ctx, cts)
 	require.NoError(t, err)
-	var maxErr, maxRel float64
-	var gotToks []int
-	for s := 0; ; s++ {
-		got, err := f.client.DecryptLogits(out)
-		require.NoError(t, err)
-		want := wantLogits[s]
-		var e float64
-		for i := range want {
-			e = math.Max(e, math.Abs(got[i]-want[i]))
-		}
-		maxErr, maxRel = math.Max(maxErr, e), math.Max(maxRel, e/spread(want))
-		require.Less(t, e, 0.01*spread(want), "step %d: logit error %.3g vs spread %.3g", s, e, spread(want))
-		if s == steps {
-			break
-		}
-		tok := argmax(got)
-		gotToks = append(gotToks, tok)
-		ct, err := f.client.EncryptToken(tok, len(prompt)+s)
-		require.NoError(t, err)
-		out, err = f.sess.Decode(ctx, ct)
-		require.NoError(t, err)
-	}
+	gotToks, maxErr, maxRel := decodeGreedy(t, f, out, wantLogits, len(prompt), 0.01)
 	require.Equal(t, wantToks, gotToks, "greedy tokens")
 	t.Logf("%s: max logit error %.3g (%.2e of the logit spread) over %d positions, greedy %v", kind, maxErr, maxRel, steps+1, gotToks)
 	st := f.sess.Stats()

@@ -2,7 +2,6 @@ package engine
 
 import (
 	"context"
-	"math"
 	"testing"
 	"time"
 
@@ -39,20 +38,7 @@ func testPrefill(t *testing.T, c prefillCase) {
 	require.NotNil(t, f.eng.Plan().Prefill, "the plan covers the prefill")
 	prompt := randomSeqs(cfg, 1, c.prompt, 123)[0]
 
-	ref, err := model.NewApprox(cfg, f.set)
-	require.NoError(t, err)
-	rs := model.NewSession(f.w, ref)
-	pl, err := rs.Prefill(prompt)
-	require.NoError(t, err)
-	want := [][]float64{append([]float64(nil), pl.RawRowView(len(prompt)-1)...)}
-	var wantToks []int
-	for s := 0; s < c.steps; s++ {
-		tok := argmax(want[s])
-		wantToks = append(wantToks, tok)
-		l, err := rs.Step(tok)
-		require.NoError(t, err)
-		want = append(want, append([]float64(nil), l...))
-	}
+	want, wantToks, ref := approxGreedy(t, f, cfg, prompt, c.steps)
 	require.Zero(t, ref.Ranges.Violations(), "approximation range violations in the reference run:\n%s", ref.Ranges)
 
 	cts, err := f.client.EncryptPrompt(prompt)
@@ -62,27 +48,7 @@ func testPrefill(t *testing.T, c prefillCase) {
 	require.NoError(t, err)
 	tBatched := time.Since(t0)
 	require.Equal(t, len(prompt), f.sess.Pos())
-	var maxRel float64
-	var gotToks []int
-	for s := 0; ; s++ {
-		got, err := f.client.DecryptLogits(out)
-		require.NoError(t, err)
-		var e float64
-		for i := range want[s] {
-			e = math.Max(e, math.Abs(got[i]-want[s][i]))
-		}
-		maxRel = math.Max(maxRel, e/spread(want[s]))
-		require.Less(t, e, 0.01*spread(want[s]), "step %d: logit error %.3g vs spread %.3g", s, e, spread(want[s]))
-		if s == c.steps {
-			break
-		}
-		tok := argmax(got)
-		gotToks = append(gotToks, tok)
-		ct, err := f.client.EncryptToken(tok, len(prompt)+s)
-		require.NoError(t, err)
-		out, err = f.sess.Decode(ctx, ct)
-		require.NoError(t, err)
-	}
+	gotToks, _, maxRel := decodeGreedy(t, f, out, want, len(prompt), 0.01)
 	require.Equal(t, wantToks, gotToks, "greedy tokens after the batched prefill")
 
 	st := f.sess.Stats()
