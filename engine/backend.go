@@ -11,6 +11,7 @@ import (
 	"github.com/entropi-ai/entropi/he"
 	"github.com/entropi-ai/entropi/model"
 	"github.com/tuneinsight/lattigo/v6/core/rlwe"
+	"github.com/tuneinsight/lattigo/v6/schemes/ckks"
 	"gonum.org/v1/gonum/mat"
 )
 
@@ -872,24 +873,86 @@ func (b *backend) invSqrt(name string, x *cval) *cval {
 	b.begin(name+".invsqrt.init", "invsqrt", x.level)
 	p := b.ensure([]*cval{x}, max(s.Init.Depth(), 1), m, false)[0]
 	b.op().LevelIn = p.level
-	h := b.mulVec(p, b.e.constVec(0.5))
 	y := b.polyAll([]*cval{p}, s.Init.Depth(), func(pe *he.PolyEvaluator, ct *rlwe.Ciphertext) (*rlwe.Ciphertext, error) {
 		return pe.EvalChebyshev(ct, s.Init, rlwe.Scale{})
 	})[0]
 	b.end(y.level)
 	for i := 0; i < s.Iters; i++ {
-		b.begin(fmt.Sprintf("%s.invsqrt.newton%d", name, i), "invsqrt", min(h.level, y.level))
-		hy := b.ensure([]*cval{h, y}, 2, m, false)
-		h, y = hy[0], hy[1]
-		a := b.mulRelin(h, y)
-		sq := b.mulRelin(y, y)
-		c := b.mulRelin(a, sq)
-		d := b.mulVec(y, b.e.constVec(1.5))
-		y = b.sub(d, c)
+		op := fmt.Sprintf("%s.invsqrt.newton%d", name, i)
+		b.begin(op, "invsqrt", min(p.level-1, y.level))
+		// p pays x/2 and the two products (three levels), y the products.
+		var idx []int
+		if p.level-3 < m {
+			idx = append(idx, 0)
+		}
+		if y.level-2 < m {
+			idx = append(idx, 1)
+		}
+		if len(idx) > 0 {
+			py := b.refresh([]*cval{p, y}, idx, 3, m, false)
+			p, y = py[0], py[1]
+		}
+		y = b.invSqrtStep(op, p, y)
 		b.end(y.level)
-		b.trace(fmt.Sprintf("%s.invsqrt.newton%d", name, i), y)
+		b.trace(op, y)
 	}
 	return y
+}
+
+// invSqrtStep is one Newton step y ← 1.5·y − (h·y)·y², h = x/2, on the
+// (refreshed) input p, landing exactly on the default scale: the scales of
+// the two plaintext products (x/2 and 1.5·y) are chosen so that (h·y)·y²
+// and 1.5·y both come out at the default scale. Without that, the step's
+// output scale is S_h·S_y³/q³: any drift of the input scale (a refresh
+// keeps it) triples every step, and the subtraction of two ciphertexts at
+// scales less than 2× apart silently relabels one of them (Lattigo
+// multiplies by the integer ratio, 1), an error of the drift itself.
+func (b *backend) invSqrtStep(op string, p, y *cval) *cval {
+	h := &cval{level: p.level - 1}
+	la := min(h.level, y.level)
+	if b.dry || b.err != nil {
+		return &cval{level: min(la-2, y.level-1)}
+	}
+	q := func(l int) rlwe.Scale { return rlwe.NewScale(b.e.params.Q()[l]) }
+	T := b.e.params.DefaultScale()
+	lp, ly := p.ct.Level(), y.ct.Level()
+	la = min(lp-1, ly)
+	// S_c = S_p·σ/q_lp · S_y/q_la · S_y²/q_ly / q_(la−1) = T.
+	sigma := T.Mul(q(lp)).Mul(q(la)).Mul(q(ly)).Mul(q(la - 1)).Div(p.ct.Scale).Div(y.ct.Scale).Div(y.ct.Scale).Div(y.ct.Scale)
+	h = b.mulVecScaled(p, b.e.constVec(0.5), sigma)
+	a := b.mulRelin(h, y)
+	sq := b.mulRelin(y, y)
+	c := b.mulRelin(a, sq)
+	d := b.mulVecScaled(y, b.e.constVec(1.5), T.Mul(q(ly)).Div(y.ct.Scale))
+	if b.err != nil {
+		return &cval{level: min(c.level, d.level)}
+	}
+	for _, v := range []*cval{c, d} {
+		if r := v.ct.Scale.Float64() / T.Float64(); math.Abs(r-1) > 0x1p-40 {
+			b.failf("engine: %s: scale 2^%.6f is not the default scale 2^%.6f (internal scale walk error)",
+				op, math.Log2(v.ct.Scale.Float64()), math.Log2(T.Float64()))
+			return &cval{level: min(c.level, d.level)}
+		}
+		v.ct.Scale = T
+	}
+	return b.sub(d, c)
+}
+
+// mulVecScaled multiplies x by the slot vector v encoded at scale ptScale
+// and rescales (one level): the result's scale is S_x·ptScale/q_level.
+func (b *backend) mulVecScaled(x *cval, v []float64, ptScale rlwe.Scale) *cval {
+	if b.dry || b.err != nil {
+		return &cval{level: x.level - 1}
+	}
+	pt := ckks.NewPlaintext(b.e.params, x.ct.Level())
+	pt.Scale = ptScale
+	if err := b.s.enc.Encode(v, pt); err != nil {
+		b.fail(fmt.Errorf("engine: encode: %w", err))
+		return &cval{level: x.level - 1}
+	}
+	ct, err := b.s.ev.MulPlainRescale(x.ct, pt)
+	b.fail(err)
+	return &cval{ct: ct, level: x.level - 1}
 }
 
 func (b *backend) sub(x, y *cval) *cval {
