@@ -27,6 +27,11 @@ train() { # name variant [extra flags]
 	/tmp/entropi-blas train --resume "$RUNS/$name-ft.state" --state "$RUNS/$name-ft.state" \
 		--extend-tokens 1000000 --extend-lr 0.0005 --score-bound 4 --score-penalty 1 \
 		--workers 2 --blas-threads 1 --out "$RUNS/$name-ft.safetensors"
+	# and 1M at 5e-4 that also keeps each row's log mean exp-score in
+	# [-2.5, 2.5] (the range of the encrypted softmax's reciprocal).
+	/tmp/entropi-blas train --resume "$RUNS/$name-ft.state" --state "$RUNS/$name-ft.state" \
+		--extend-tokens 1000000 --extend-lr 0.0005 --mean-bound 2.5 --mean-penalty 1 \
+		--workers 2 --blas-threads 1 --out "$RUNS/$name-ft.safetensors"
 	# Calibrate the HE approximations on held-out tokens and ship that file.
 	/tmp/entropi-blas eval --model "$RUNS/$name-ft.safetensors" --data go-heldout --calibrate \
 		--save "models/$name.safetensors" --quiet
