@@ -14,12 +14,29 @@ import (
 
 	"github.com/tuneinsight/lattigo/v6/core/rlwe"
 
+	"github.com/entropi-ai/entropi/approx"
 	"github.com/entropi-ai/entropi/client"
 	"github.com/entropi-ai/entropi/engine"
 	"github.com/entropi-ai/entropi/he"
 	"github.com/entropi-ai/entropi/model"
 	"github.com/entropi-ai/entropi/server"
 )
+
+// tinyRandomModel is the served tests' model: a tiny random entropy-guided
+// decoder (vocab 32, context 8, d 16, 1 layer, 2 heads) calibrated on
+// random tokens.
+func tinyRandomModel(t *testing.T) (*model.Weights, *approx.Set) {
+	t.Helper()
+	w, err := model.NewRandom(model.EntropyGuided(32, 8, 16, 1, 2), 3)
+	if err != nil {
+		t.Fatal(err)
+	}
+	set, err := server.CalibrateRandom(w, 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return w, set
+}
 
 // TestEngineEndToEnd runs the real encrypted decoder (a tiny random
 // entropy-guided model, insecure test preset) behind the service over
@@ -31,15 +48,8 @@ func TestEngineEndToEnd(t *testing.T) {
 	if testing.Short() {
 		t.Skip("encrypted decoder: about 10 s")
 	}
-	cfg := model.EntropyGuided(32, 8, 16, 1, 2)
-	w, err := model.NewRandom(cfg, 3)
-	if err != nil {
-		t.Fatal(err)
-	}
-	set, err := server.CalibrateRandom(w, 1)
-	if err != nil {
-		t.Fatal(err)
-	}
+	w, set := tinyRandomModel(t)
+	cfg := w.Config
 	eng, err := engine.New(w, set, engine.Options{Preset: he.InsecureTest, AllowInsecure: true, Workers: 2})
 	if err != nil {
 		t.Fatal(err)

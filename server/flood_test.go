@@ -8,7 +8,6 @@ import (
 	"github.com/entropi-ai/entropi/client"
 	"github.com/entropi-ai/entropi/engine"
 	"github.com/entropi-ai/entropi/he"
-	"github.com/entropi-ai/entropi/model"
 	"github.com/entropi-ai/entropi/server"
 )
 
@@ -27,15 +26,7 @@ func TestLogitsFlooded(t *testing.T) {
 	if testing.Short() {
 		t.Skip("encrypted decoder")
 	}
-	cfg := model.EntropyGuided(32, 8, 16, 1, 2)
-	w, err := model.NewRandom(cfg, 3)
-	if err != nil {
-		t.Fatal(err)
-	}
-	set, err := server.CalibrateRandom(w, 1)
-	if err != nil {
-		t.Fatal(err)
-	}
+	w, set := tinyRandomModel(t)
 	spread := func(flood he.FloodOptions) float64 {
 		eng, err := engine.New(w, set, engine.Options{Preset: he.InsecureTest, AllowInsecure: true, Workers: 2, Flood: flood})
 		if err != nil {
