@@ -410,6 +410,16 @@ func (g *clientGen) recv() (*pb.GenerateResponse, error) {
 func (g *clientGen) abort(code codes.Code, err error) error {
 	_ = g.stream.Send(&pb.GenerateRequest{Msg: &pb.GenerateRequest_Abort{Abort: &pb.Abort{Code: int32(code), Message: err.Error()}}})
 	_ = g.stream.CloseSend()
+	// Wait for the server to end the stream (it answers the abort with its
+	// status) before the caller's context is cancelled: a stream cancelled
+	// under the server reads as a client that went away, and the server
+	// drops the session, which an abort (e.g. breaking out of Tokens) must
+	// keep.
+	for {
+		if _, rerr := g.stream.Recv(); rerr != nil {
+			break
+		}
+	}
 	return err
 }
 
