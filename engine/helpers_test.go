@@ -66,3 +66,18 @@ func decodeGreedy(t *testing.T, f *fixture, out *rlwe.Ciphertext, want [][]float
 		require.NoError(t, err)
 	}
 }
+
+// clientOf is the client side of eng as a remote client builds it: from
+// the JSON spec only (the client never sees the engine), with its keys.
+func clientOf(t testing.TB, eng *Engine) (*Client, *Keys) {
+	t.Helper()
+	js, err := eng.Spec().Marshal()
+	require.NoError(t, err)
+	spec, err := UnmarshalSpec(js)
+	require.NoError(t, err)
+	client, err := NewClient(spec, nil)
+	require.NoError(t, err)
+	keys, err := client.Keys()
+	require.NoError(t, err)
+	return client, keys
+}

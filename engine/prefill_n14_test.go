@@ -108,14 +108,7 @@ func TestPrefillBatchedBaselineN14(t *testing.T) {
 	require.True(t, split, "the inverse square root runs as Newton steps across refreshes")
 	t.Logf("engine built in %v", time.Since(t0).Round(time.Millisecond))
 
-	js, err := eng.Spec().Marshal()
-	require.NoError(t, err)
-	spec, err := UnmarshalSpec(js)
-	require.NoError(t, err)
-	client, err := NewClient(spec, nil)
-	require.NoError(t, err)
-	keys, err := client.Keys()
-	require.NoError(t, err)
+	client, keys := clientOf(t, eng)
 
 	prompt := randomSeqs(cfg, 1, 6, 123)[0]
 	ref, err := model.NewApprox(cfg, set)

@@ -38,6 +38,27 @@ func tinyRandomModel(t *testing.T) (*model.Weights, *approx.Set) {
 	return w, set
 }
 
+// serveTiny serves eng as model "tiny" on loopback and opens a session to
+// it with the default (engine) client; the client closes with the test.
+func serveTiny(t *testing.T, eng *engine.Engine) (*harness, *client.Session) {
+	t.Helper()
+	m, err := server.EngineModel("tiny", eng, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	h := start(t, server.Config{}, m)
+	c, err := client.Dial(context.Background(), h.addr, &client.Options{AllowInsecurePresets: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	sess, err := c.NewSession(context.Background(), "tiny")
+	if err != nil {
+		t.Fatal(err)
+	}
+	return h, sess
+}
+
 // TestEngineEndToEnd runs the real encrypted decoder (a tiny random
 // entropy-guided model, insecure test preset) behind the service over
 // loopback gRPC, with the default (engine) client: the greedy tokens equal
@@ -54,20 +75,7 @@ func TestEngineEndToEnd(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	m, err := server.EngineModel("tiny", eng, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	h := start(t, server.Config{}, m)
-	c, err := client.Dial(context.Background(), h.addr, &client.Options{AllowInsecurePresets: true})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
-	sess, err := c.NewSession(context.Background(), "tiny")
-	if err != nil {
-		t.Fatal(err)
-	}
+	h, sess := serveTiny(t, eng)
 	if p := findSecretKey(reflect.ValueOf(h.srv)); p != "" {
 		t.Fatalf("server holds a secret key after session creation at %s", p)
 	}

@@ -8,7 +8,6 @@ import (
 	"github.com/entropi-ai/entropi/client"
 	"github.com/entropi-ai/entropi/engine"
 	"github.com/entropi-ai/entropi/he"
-	"github.com/entropi-ai/entropi/server"
 )
 
 // The logits the served engine sends are flooded with the configured
@@ -32,20 +31,7 @@ func TestLogitsFlooded(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		m, err := server.EngineModel("tiny", eng, nil)
-		if err != nil {
-			t.Fatal(err)
-		}
-		h := start(t, server.Config{}, m)
-		c, err := client.Dial(context.Background(), h.addr, &client.Options{AllowInsecurePresets: true})
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer c.Close()
-		s, err := c.NewSession(context.Background(), "tiny")
-		if err != nil {
-			t.Fatal(err)
-		}
+		_, s := serveTiny(t, eng)
 		defer s.Close()
 		var logits [2][]float64
 		for i := range logits {
