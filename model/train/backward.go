@@ -159,7 +159,7 @@ func (ws *Workspace) backward(p *Params, inputs [][]int, B, T int, dE [][]float6
 					}
 					srow := S[i*T : i*T+i+1]
 					var dt float64
-					gm := ws.meanGrad(p, srow, B, T)
+					gm := ws.meanGrad(p, srow, arow, B, T)
 					for j, av := range arow {
 						ds := av*(drow[j]-rho+gm) + ws.scoreGrad(p, srow[j], B, T)
 						dt -= srow[j] * ds

@@ -460,13 +460,13 @@ func (ws *Workspace) forward(p *Params, inputs [][]int, B, T int) {
 						m = max(m, srow[j])
 					}
 					ws.observeScores(p, srow)
-					ws.observeMean(p, srow)
 					var s float64
 					for j, v := range srow {
 						e := math.Exp(v - m)
 						arow[j] = e
 						s += e
 					}
+					ws.observeMean(p, m+math.Log(s/float64(len(srow))))
 					for j := range srow {
 						arow[j] /= s
 						es -= arow[j] * math.Log(arow[j]+entropyEps)

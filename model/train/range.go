@@ -52,40 +52,42 @@ func (ws *Workspace) rangePenalty(p *Params, B, T int) (pen, scoreMax float64) {
 //
 // with M = Options.MeanBound; ∂m_i/∂s_ij = a_ij (the attention weight).
 
-// rowExcess returns relu(|m| − M) with the sign of m for one softmax row.
-func rowExcess(p *Params, srow []float64) float64 {
-	m := math.Inf(-1)
-	for _, v := range srow {
-		m = max(m, v)
-	}
-	var s float64
-	for _, v := range srow {
-		s += math.Exp(v - m)
-	}
-	lm := m + math.Log(s/float64(len(srow)))
-	a := math.Abs(lm) - p.Opts.MeanBound
+// meanExcess returns relu(|m| − M) with the sign of m, for a row's log
+// mean exp-score m.
+func meanExcess(p *Params, m float64) float64 {
+	a := math.Abs(m) - p.Opts.MeanBound
 	if a <= 0 {
 		return 0
 	}
-	return math.Copysign(a, lm)
+	return math.Copysign(a, m)
 }
 
-// observeMean accumulates the mean penalty of one softmax row.
-func (ws *Workspace) observeMean(p *Params, srow []float64) {
+// observeMean accumulates the mean penalty of one softmax row, given its
+// log mean exp-score (the forward pass has it from the softmax's sum).
+func (ws *Workspace) observeMean(p *Params, m float64) {
 	if p.Opts.MeanPenalty <= 0 {
 		return
 	}
-	e := rowExcess(p, srow)
+	e := meanExcess(p, m)
 	ws.meanSum += e * e
 }
 
 // meanGrad is ∂(ν·L_mean)/∂m_i for one row; ∂/∂s_ij is that times a_ij.
-func (ws *Workspace) meanGrad(p *Params, srow []float64, B, T int) float64 {
+// m_i is read back from the stored scores and weights: a_ij = e^{s_ij}/Σ,
+// so m_i = s_ij − log(a_ij·n) at the largest a_ij (no exp again).
+func (ws *Workspace) meanGrad(p *Params, srow, arow []float64, B, T int) float64 {
 	if p.Opts.MeanPenalty <= 0 {
 		return 0
 	}
+	j := 0
+	for k, a := range arow {
+		if a > arow[j] {
+			j = k
+		}
+	}
+	m := srow[j] - math.Log(arow[j]*float64(len(srow)))
 	L, H := p.Config.Layers, p.Config.Heads
-	return 2 * p.Opts.MeanPenalty * rowExcess(p, srow) / float64(L*H*B*T)
+	return 2 * p.Opts.MeanPenalty * meanExcess(p, m) / float64(L*H*B*T)
 }
 
 // scoreGrad is ∂(μ·L_range)/∂s for one scaled score s.
