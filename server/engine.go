@@ -167,30 +167,20 @@ func NewEngine(w *model.Weights, set *approx.Set, opt LoadOptions) (*engine.Engi
 			return e, set, nil, nil
 		}
 		errs = append(errs, fmt.Sprintf("%s: %v", p.Name, err))
-		if opt.Preset.Name != "" {
-			break
-		}
-		// Auto: a smaller ring is worth a refit that keeps every error,
-		// i.e. one that only splits Newton chains (reciprocal, inverse
-		// square root: more steps, same error), never one that lowers the
-		// degree of exp or GELU.
+		// Refit to the preset's levels: always for an explicit preset; in
+		// auto mode only a refit that keeps every error, i.e. one that only
+		// splits Newton chains (reciprocal, inverse square root: more
+		// steps, same error), never one that lowers the degree of exp or
+		// GELU (the next, larger ring is tried instead).
 		fit, notes, ferr := engine.FitToPreset(set, p, opt.AllowInsecure, w.Config.Context)
-		if ferr != nil || len(notes) == 0 || !sameDegrees(set, fit) {
+		if ferr != nil || len(notes) == 0 || (opt.Preset.Name == "" && !sameDegrees(set, fit)) {
 			continue
 		}
-		if e, err := build(p, fit); err == nil {
+		e, err = build(p, fit)
+		if err == nil {
 			return e, fit, notes, nil
 		}
-	}
-	if opt.Preset.Name != "" {
-		fit, notes, ferr := engine.FitToPreset(set, opt.Preset, opt.AllowInsecure, w.Config.Context)
-		if ferr == nil && len(notes) > 0 {
-			e, err := build(opt.Preset, fit)
-			if err == nil {
-				return e, fit, notes, nil
-			}
-			errs = append(errs, fmt.Sprintf("after refitting (%s): %v", strings.Join(notes, "; "), err))
-		}
+		errs = append(errs, fmt.Sprintf("after refitting (%s): %v", strings.Join(notes, "; "), err))
 	}
 	return nil, nil, nil, errors.New(strings.Join(errs, "; "))
 }
