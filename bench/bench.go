@@ -10,6 +10,8 @@ import (
 	"math"
 	"math/rand/v2"
 	"net"
+	"runtime"
+	"runtime/debug"
 	"sort"
 	"strings"
 	"sync"
@@ -123,7 +125,9 @@ func (c *Config) logf(format string, a ...any) {
 
 // Measure runs the matrix. A configuration that cannot run (the engine
 // refuses the preset, the context does not fit, bootstrapping without the
-// memory) is recorded in Skipped with its reason; an error ends the run.
+// memory) or fails while running (a session refused, a lost connection) is
+// recorded in Skipped with its reason and the rest of the matrix runs;
+// only bad arguments and a cancelled context end the run with an error.
 func Measure(ctx context.Context, cfg Config) (*Results, error) {
 	if len(cfg.Models) == 0 || len(cfg.Presets) == 0 || len(cfg.Contexts) == 0 {
 		return nil, errors.New("bench: need models, presets and contexts")
@@ -179,11 +183,18 @@ func Measure(ctx context.Context, cfg Config) (*Results, error) {
 					return nil, fmt.Errorf("bench: unknown mode %q", mode)
 				}
 				runs, skips, err := runModel(ctx, &cfg, m, preset, mode)
-				if err != nil {
-					return nil, err
-				}
 				res.Runs = append(res.Runs, runs...)
 				res.Skipped = append(res.Skipped, skips...)
+				if err != nil {
+					// A cancelled run ends here; a model that fails
+					// (a session refused, a lost connection, a decode
+					// error) is recorded with its reason and the rest
+					// of the matrix still runs.
+					if ctx.Err() != nil {
+						return nil, err
+					}
+					skip(fmt.Sprintf("failed: %v", err), 0)
+				}
 			}
 		}
 	}
@@ -220,6 +231,11 @@ func runModel(ctx context.Context, cfg *Config, m *ModelSpec, preset he.Preset, 
 	// The engine's encoded matrices and a session's keys take many GiB at
 	// N=2^15 (the shipped-size baseline passed 21 GB while building): do
 	// not start one on a machine that is already short of memory.
+	// The previous model's engine and session are unreachable by now but
+	// may not be collected yet: give their memory back before measuring
+	// what is available.
+	runtime.GC()
+	debug.FreeOSMemory()
 	if _, avail := MemInfo(); avail > 0 && avail < MinBuildMemoryGiB {
 		skip(fmt.Sprintf("only %.1f GiB of memory available (want at least %d GiB to build an engine and hold a session's keys)", avail, MinBuildMemoryGiB), 0)
 		return nil, skips, nil
@@ -245,15 +261,15 @@ func runModel(ctx context.Context, cfg *Config, m *ModelSpec, preset he.Preset, 
 	cfg.logf("  built in %.1fs: %d refresh rounds, %d key-switches per token", build, plan.RefreshRounds, plan.KeySwitches)
 	sm, err := server.EngineModel(m.Name, eng, m.Tokenizer)
 	if err != nil {
-		return nil, nil, err
+		return nil, skips, err
 	}
 	srv, err := server.New(server.Config{AllowInsecure: cfg.AllowInsecure, Logger: slog.New(slog.NewTextHandler(io.Discard, nil))}, sm)
 	if err != nil {
-		return nil, nil, err
+		return nil, skips, err
 	}
 	lis, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
-		return nil, nil, err
+		return nil, skips, err
 	}
 	sctx, stop := context.WithCancel(ctx)
 	served := make(chan error, 1)
@@ -263,13 +279,13 @@ func runModel(ctx context.Context, cfg *Config, m *ModelSpec, preset he.Preset, 
 	tc := &timedCrypto{}
 	c, err := client.Dial(ctx, lis.Addr().String(), &client.Options{AllowInsecurePresets: cfg.AllowInsecure, NewCrypto: tc.build})
 	if err != nil {
-		return nil, nil, err
+		return nil, skips, err
 	}
 	defer c.Close()
 	cfg.logf("  client: key generation and upload…")
 	sess, err := c.NewSession(ctx, m.Name)
 	if err != nil {
-		return nil, nil, err
+		return nil, skips, err
 	}
 	defer sess.Close()
 	keygen := tc.snapshot().keygen
@@ -279,7 +295,7 @@ func runModel(ctx context.Context, cfg *Config, m *ModelSpec, preset he.Preset, 
 	for i, ctxLen := range contexts {
 		r, err := runContext(ctx, cfg, m, eng, sess, tc, ctxLen, mode)
 		if err != nil {
-			return nil, nil, fmt.Errorf("bench: %s %s context %d: %w", m.Name, preset.Name, ctxLen, err)
+			return runs, skips, fmt.Errorf("bench: %s %s context %d: %w", m.Name, preset.Name, ctxLen, err)
 		}
 		r.Preset, r.LogN, r.SecurityBits = preset.Name, preset.LogN, preset.SecurityBits
 		r.Plan = plan

@@ -157,6 +157,36 @@ func TestMeasureTinyInsecure(t *testing.T) {
 	require.Equal(t, res.Comparisons[0].CommRatio, back.Comparisons[0].CommRatio)
 }
 
+// A model that fails (here: the server refuses its empty name) is recorded
+// in Skipped with the reason and does not end the run: the next model is
+// still measured.
+func TestMeasureSkipsFailingModel(t *testing.T) {
+	if testing.Short() {
+		t.Skip("end-to-end over gRPC")
+	}
+	ms := tinyModels(t)
+	bad := *ms[1]
+	bad.Name = ""
+	var log bytes.Buffer
+	cfg := Config{Models: []*ModelSpec{&bad, ms[1]}, Presets: []he.Preset{he.InsecureTest}, AllowInsecure: true,
+		Contexts: []int{3}, DecodeTokens: 1, Seed: 3, Calibrate: tinyCalibrate, Log: &log, Command: "test"}
+	res, err := Measure(context.Background(), cfg)
+	require.NoError(t, err, log.String())
+	require.Len(t, res.Runs, 1)
+	require.Equal(t, ms[1].Name, res.Runs[0].Model)
+	require.Len(t, res.Skipped, 1, log.String())
+	require.Equal(t, "", res.Skipped[0].Model)
+	require.Contains(t, res.Skipped[0].Reason, "failed")
+	require.Contains(t, res.Skipped[0].Reason, "empty or duplicate")
+
+	// A cancelled run still ends with the context's error.
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	cfg.Models = []*ModelSpec{ms[1]}
+	_, err = Measure(ctx, cfg)
+	require.ErrorContains(t, err, "canceled")
+}
+
 func TestInsecurePresetRefused(t *testing.T) {
 	_, err := Measure(context.Background(), Config{Models: tinyModels(t), Presets: []he.Preset{he.InsecureTest}, Contexts: []int{4}, DecodeTokens: 1})
 	require.ErrorContains(t, err, "insecure")
