@@ -90,7 +90,9 @@ bytes and rounds are projected onto a LAN (1 Gbps, 0.5 ms) and the
 paper's WAN (100 Mbps, 80 ms). Writes results.json, results.md and PNG
 charts into --out.
 
-Models: --model FILE (repeatable), else the checkpoints in models/; with
+Models: --model FILE (repeatable), else the pair the paper compares from
+models/: baseline.safetensors and ereg-sm-t-scfuffn.safetensors (any other
+checkpoint there only with --model); with
 --random, random weights of the shipped size stand in for every block type
 (baseline, entropy-guided) that has no checkpoint (the output says so).
 
@@ -99,7 +101,7 @@ flags:
 		fl.PrintDefaults()
 	}
 	var modelFiles stringList
-	fl.Var(&modelFiles, "model", "checkpoint to measure (repeatable; default: models/*.safetensors)")
+	fl.Var(&modelFiles, "model", "checkpoint to measure (repeatable; default: models/baseline.safetensors and models/ereg-sm-t-scfuffn.safetensors, else every models/*.safetensors)")
 	random := fl.Bool("random", false, "random weights of the shipped size for block types without a checkpoint")
 	presets := fl.String("presets", "n14-128,n15-128", "CKKS presets, comma-separated")
 	allowInsecure := fl.Bool("allow-insecure-presets", false, "allow insecure-… presets (NO SECURITY: tests and quick looks only)")
@@ -185,8 +187,7 @@ flags:
 	// The models.
 	files := []string(modelFiles)
 	if len(files) == 0 {
-		files, _ = filepath.Glob(filepath.Join("models", "*.safetensors"))
-		sort.Strings(files)
+		files = defaultBenchModels("models")
 	}
 	have := map[string]bool{}
 	for _, f := range files {
@@ -236,6 +237,33 @@ flags:
 		return enc.Encode(summarize(res, *out))
 	}
 	return res.WriteMarkdown(stdout)
+}
+
+// benchModels are the default pair: the baseline and the entropy-guided
+// model the demo runs (the other shipped checkpoint, SM+ScFuFFN without the
+// regularizer, has the entropy-guided model's circuit and only its own
+// calibrated ranges; measure it with --model).
+var benchModels = []string{"baseline.safetensors", "ereg-sm-t-scfuffn.safetensors"}
+
+// defaultBenchModels: the pair from dir when either is there, else every
+// checkpoint in dir.
+func defaultBenchModels(dir string) []string {
+	var files []string
+	for _, name := range benchModels {
+		if f := filepath.Join(dir, name); fileExists(f) {
+			files = append(files, f)
+		}
+	}
+	if len(files) == 0 {
+		files, _ = filepath.Glob(filepath.Join(dir, "*.safetensors"))
+		sort.Strings(files)
+	}
+	return files
+}
+
+func fileExists(path string) bool {
+	st, err := os.Stat(path)
+	return err == nil && st.Mode().IsRegular()
 }
 
 func splitList(s string) []string {
