@@ -51,6 +51,7 @@ flags:
 	ext := fl.String("ext", ".go", "file suffix selected in a --data directory ('' : every file)")
 	nTokens := fl.Int("tokens", 16384, "tokens evaluated (0: all)")
 	stride := fl.Int("stride", 0, "window stride (default: context−1, every token predicted once)")
+	exactOnly := fl.Bool("exact", false, "only the exact (float64) perplexity, on the same tokens a checkpoint with approximations is evaluated on: no calibration, no approximations (for checkpoints whose ranges no polynomial covers, e.g. before the score-range phase)")
 	calibrate := fl.Bool("calibrate", false, "calibrate the approximations even if the checkpoint has some")
 	calibTokens := fl.Int("calib-tokens", 4096, "tokens used for calibration (taken before the evaluated ones)")
 	save := fl.String("save", "", "write the checkpoint with the calibrated approximations to this file")
@@ -69,6 +70,9 @@ flags:
 	}
 	w := ck.Weights
 	cfg := w.Config
+	if *exactOnly && (*calibrate || *save != "" || *fitPreset != "") {
+		return errors.New("--exact measures the float64 model only: it takes none of --calibrate, --save, --preset")
+	}
 	need := 0
 	if *nTokens > 0 {
 		need = *nTokens + *calibTokens
@@ -78,6 +82,19 @@ flags:
 		return err
 	}
 	fmt.Fprintf(stdout, "model %s: %s\ndata %s: %d tokens\n", *modelPath, describeConfig(cfg), *data, len(tokens))
+	if *exactOnly {
+		if *nTokens > 0 && len(tokens) > *nTokens {
+			tokens = tokens[:*nTokens]
+		}
+		bar := newBar(stderr, "eval", len(tokens)-1, "tokens", *quiet)
+		r, err := model.Perplexity(cfg, model.PlainLogits(w, model.NewReference(cfg)), tokens, model.PerplexityOptions{Stride: *stride, Progress: bar.set})
+		bar.finish()
+		if err != nil {
+			return err
+		}
+		fmt.Fprintf(stdout, "evaluated %d predictions over windows of %d tokens\nexact:  %v\n", r.Tokens, cfg.Context, r)
+		return nil
+	}
 
 	set := ck.Approx
 	if set == nil || *calibrate {

@@ -55,6 +55,30 @@ func TestEvalCommand(t *testing.T) {
 	if !strings.Contains(out.String(), "approximations: from the checkpoint") {
 		t.Errorf("second eval recalibrated:\n%s", out.String())
 	}
+	// --exact: the same exact perplexity on the same tokens, nothing else.
+	exactLine := func(s string) string {
+		for _, l := range strings.Split(s, "\n") {
+			if strings.HasPrefix(l, "exact:") {
+				return l
+			}
+		}
+		t.Fatalf("no exact line in:\n%s", s)
+		return ""
+	}
+	want := exactLine(out.String())
+	out.Reset()
+	if err := evalMain([]string{"--model", saved, "--data", filepath.Dir(data), "--ext", ".txt", "--tokens", "100", "--exact"}, &out, &errb); err != nil {
+		t.Fatal(err)
+	}
+	if got := exactLine(out.String()); got != want {
+		t.Errorf("--exact: %q, the full eval: %q", got, want)
+	}
+	if strings.Contains(out.String(), "approx") {
+		t.Errorf("--exact evaluated the approximations:\n%s", out.String())
+	}
+	if err := evalMain([]string{"--model", ck, "--data", data, "--exact", "--calibrate"}, &out, &errb); err == nil {
+		t.Error("--exact with --calibrate accepted")
+	}
 	if err := evalMain([]string{"--model", ck}, &out, &errb); err == nil {
 		t.Error("eval without --data accepted")
 	}
