@@ -14,18 +14,10 @@ import (
 	"github.com/stretchr/testify/require"
 )
 
-// insecureBootDeep is a bootstrappable test preset with n16-boot-128's
-// residual modulus chain (9 levels of 40 bits above a 60-bit q0) at
-// N=2^12: NO SECURITY (log2(QP) = 1546 at N=2^12; tests only). Its plans
-// have exactly the levels of n16-boot-128 (bootstraps per token included),
-// at 1/16 of the ring degree. he.InsecureBootTest (3 levels) cannot hold
-// the model's polynomials (exp alone has depth ≥ 4).
-var insecureBootDeep = he.Preset{
-	Name: "insecure-boot-deep", LogN: 12,
-	LogQ: []int{60, 40, 40, 40, 40, 40, 40, 40, 40, 40},
-	LogP: []int{61, 61}, LogDefaultScale: 40, Secret: he.SecretSparse,
-	SecurityBits: 0, Note: "engine bootstrap tests only: N=2^12 with n16-boot-128's 9 residual levels, no security",
-}
+// insecureBootDeep is he.InsecureBootDeep: n16-boot-128's residual
+// modulus chain at N=2^12, NO SECURITY (tests only). Its plans have exactly
+// the levels of n16-boot-128 (bootstraps per token included).
+var insecureBootDeep = he.InsecureBootDeep
 
 // TestBootstrapPlan: the bootstrap plan (dry run only) uses no slot map
 // (replicated-input products only), bootstraps only from level ≥ 1, and

@@ -187,7 +187,7 @@ var (
 
 // Presets lists the named presets in a stable order.
 func Presets() []Preset {
-	return []Preset{InsecureTest, InsecureN13, N14, N15, InsecureBootTest, N16Boot}
+	return []Preset{InsecureTest, InsecureN13, N14, N15, InsecureBootTest, InsecureBootDeep, N16Boot}
 }
 
 // PresetByName finds a preset by name.
@@ -232,5 +232,17 @@ var (
 		LogQ: []int{60, 40, 40, 40},
 		LogP: []int{61, 61}, LogDefaultScale: 40, Secret: SecretSparse,
 		SecurityBits: 0, Note: "bootstrapping unit tests only: N=2^12, no security",
+	}
+	// InsecureBootDeep is n16-boot-128's residual modulus chain (9 levels
+	// of 40 bits above a 60-bit q0) at N=2^12: NO SECURITY (log2(QP) far
+	// above the bound at N=2^12; tests and loopback benchmarks only). Its
+	// plans have exactly the levels of n16-boot-128 (bootstraps per token
+	// included), at 1/16 of the ring degree. InsecureBootTest (3 levels)
+	// cannot hold a model's polynomials (exp alone has depth ≥ 4).
+	InsecureBootDeep = Preset{
+		Name: "insecure-boot-deep", LogN: 12,
+		LogQ: []int{60, 40, 40, 40, 40, 40, 40, 40, 40, 40},
+		LogP: []int{61, 61}, LogDefaultScale: 40, Secret: SecretSparse,
+		SecurityBits: 0, Note: "bootstrap tests only: N=2^12 with n16-boot-128's 9 residual levels, no security",
 	}
 )

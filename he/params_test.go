@@ -49,3 +49,25 @@ func TestPresetJSONRoundTrip(t *testing.T) {
 	_, err := PresetByName("nope")
 	require.ErrorContains(t, err, "unknown preset")
 }
+
+// TestInsecureBootDeep: the insecure deep bootstrapping preset (NO
+// SECURITY, tests only) has n16-boot-128's residual levels and scale, is
+// refused without the insecure flag, and builds bootstrapping parameters
+// with it.
+func TestInsecureBootDeep(t *testing.T) {
+	p, err := PresetByName("insecure-boot-deep")
+	require.NoError(t, err)
+	require.Equal(t, InsecureBootDeep, p)
+	require.True(t, p.Insecure())
+	require.Equal(t, N16Boot.LogQ, p.LogQ)
+	require.Equal(t, N16Boot.Secret, p.Secret)
+	require.Equal(t, N16Boot.MaxLevel(), p.MaxLevel())
+	_, err = p.Parameters(false)
+	require.ErrorIs(t, err, ErrInsecure)
+	_, err = BootstrapParameters(p, false)
+	require.ErrorIs(t, err, ErrInsecure)
+	btp, err := BootstrapParameters(p, true)
+	require.NoError(t, err)
+	require.Equal(t, p.MaxLevel(), btp.ResidualParameters.MaxLevel())
+	require.Equal(t, p.LogN, btp.BootstrappingParameters.LogN())
+}
