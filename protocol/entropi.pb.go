@@ -84,12 +84,71 @@ func (Embedding) EnumDescriptor() ([]byte, []int) {
 	return file_entropi_proto_rawDescGZIP(), []int{0}
 }
 
+// RefreshMode says how ciphertexts regain levels (engine.RefreshMode).
+type RefreshMode int32
+
+const (
+	// Unspecified means interactive (servers before the field existed).
+	RefreshMode_REFRESH_MODE_UNSPECIFIED RefreshMode = 0
+	// Client-aided masked refresh: the server sends refresh rounds during
+	// Generate and the client answers them.
+	RefreshMode_REFRESH_MODE_INTERACTIVE RefreshMode = 1
+	// Lattigo bootstrapping on the server with the client's bootstrapping
+	// keys (a bootstrapping preset, sparse secret): no refresh rounds.
+	RefreshMode_REFRESH_MODE_BOOTSTRAP RefreshMode = 2
+)
+
+// Enum value maps for RefreshMode.
+var (
+	RefreshMode_name = map[int32]string{
+		0: "REFRESH_MODE_UNSPECIFIED",
+		1: "REFRESH_MODE_INTERACTIVE",
+		2: "REFRESH_MODE_BOOTSTRAP",
+	}
+	RefreshMode_value = map[string]int32{
+		"REFRESH_MODE_UNSPECIFIED": 0,
+		"REFRESH_MODE_INTERACTIVE": 1,
+		"REFRESH_MODE_BOOTSTRAP":   2,
+	}
+)
+
+func (x RefreshMode) Enum() *RefreshMode {
+	p := new(RefreshMode)
+	*p = x
+	return p
+}
+
+func (x RefreshMode) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (RefreshMode) Descriptor() protoreflect.EnumDescriptor {
+	return file_entropi_proto_enumTypes[1].Descriptor()
+}
+
+func (RefreshMode) Type() protoreflect.EnumType {
+	return &file_entropi_proto_enumTypes[1]
+}
+
+func (x RefreshMode) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use RefreshMode.Descriptor instead.
+func (RefreshMode) EnumDescriptor() ([]byte, []int) {
+	return file_entropi_proto_rawDescGZIP(), []int{1}
+}
+
 type KeyKind int32
 
 const (
 	KeyKind_KEY_KIND_UNSPECIFIED KeyKind = 0
 	KeyKind_KEY_KIND_EVALUATION  KeyKind = 1
 	KeyKind_KEY_KIND_PUBLIC      KeyKind = 2
+	// Bootstrapping keys (bootstrap mode only): entropi's header (magic,
+	// fingerprint of the bootstrapping parameters) then Lattigo's
+	// bootstrapping.EvaluationKeys encoding.
+	KeyKind_KEY_KIND_BOOTSTRAP KeyKind = 3
 )
 
 // Enum value maps for KeyKind.
@@ -98,11 +157,13 @@ var (
 		0: "KEY_KIND_UNSPECIFIED",
 		1: "KEY_KIND_EVALUATION",
 		2: "KEY_KIND_PUBLIC",
+		3: "KEY_KIND_BOOTSTRAP",
 	}
 	KeyKind_value = map[string]int32{
 		"KEY_KIND_UNSPECIFIED": 0,
 		"KEY_KIND_EVALUATION":  1,
 		"KEY_KIND_PUBLIC":      2,
+		"KEY_KIND_BOOTSTRAP":   3,
 	}
 )
 
@@ -117,11 +178,11 @@ func (x KeyKind) String() string {
 }
 
 func (KeyKind) Descriptor() protoreflect.EnumDescriptor {
-	return file_entropi_proto_enumTypes[1].Descriptor()
+	return file_entropi_proto_enumTypes[2].Descriptor()
 }
 
 func (KeyKind) Type() protoreflect.EnumType {
-	return &file_entropi_proto_enumTypes[1]
+	return &file_entropi_proto_enumTypes[2]
 }
 
 func (x KeyKind) Number() protoreflect.EnumNumber {
@@ -130,7 +191,7 @@ func (x KeyKind) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use KeyKind.Descriptor instead.
 func (KeyKind) EnumDescriptor() ([]byte, []int) {
-	return file_entropi_proto_rawDescGZIP(), []int{1}
+	return file_entropi_proto_rawDescGZIP(), []int{2}
 }
 
 // Preset is a CKKS parameter set, as he.Preset.
@@ -303,6 +364,10 @@ type ModelInfo struct {
 	SpecJson []byte `protobuf:"bytes,8,opt,name=spec_json,json=specJson,proto3" json:"spec_json,omitempty"`
 	// The tokenizer as JSON (model.Tokenizer), empty if none.
 	TokenizerJson []byte `protobuf:"bytes,9,opt,name=tokenizer_json,json=tokenizerJson,proto3" json:"tokenizer_json,omitempty"`
+	// How the model's ciphertexts regain levels. BOOTSTRAP: the client
+	// uploads bootstrapping keys (KEY_KIND_BOOTSTRAP) with the session and
+	// answers no refresh rounds.
+	Refresh       RefreshMode `protobuf:"varint,10,opt,name=refresh,proto3,enum=entropi.v1.RefreshMode" json:"refresh,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -398,6 +463,13 @@ func (x *ModelInfo) GetTokenizerJson() []byte {
 		return x.TokenizerJson
 	}
 	return nil
+}
+
+func (x *ModelInfo) GetRefresh() RefreshMode {
+	if x != nil {
+		return x.Refresh
+	}
+	return RefreshMode_REFRESH_MODE_UNSPECIFIED
 }
 
 type Limits struct {
@@ -678,8 +750,14 @@ type SessionHeader struct {
 	Preset             *Preset `protobuf:"bytes,3,opt,name=preset,proto3" json:"preset,omitempty"`
 	EvaluationKeyBytes uint64  `protobuf:"varint,4,opt,name=evaluation_key_bytes,json=evaluationKeyBytes,proto3" json:"evaluation_key_bytes,omitempty"`
 	PublicKeyBytes     uint64  `protobuf:"varint,5,opt,name=public_key_bytes,json=publicKeyBytes,proto3" json:"public_key_bytes,omitempty"`
-	unknownFields      protoimpl.UnknownFields
-	sizeCache          protoimpl.SizeCache
+	// The refresh mode the client expects; must equal the model's
+	// (UNSPECIFIED counts as INTERACTIVE).
+	Refresh RefreshMode `protobuf:"varint,6,opt,name=refresh,proto3,enum=entropi.v1.RefreshMode" json:"refresh,omitempty"`
+	// Size of the bootstrapping keys (protocol.MarshalBootstrapKeys):
+	// non-zero exactly in bootstrap mode.
+	BootstrapKeyBytes uint64 `protobuf:"varint,7,opt,name=bootstrap_key_bytes,json=bootstrapKeyBytes,proto3" json:"bootstrap_key_bytes,omitempty"`
+	unknownFields     protoimpl.UnknownFields
+	sizeCache         protoimpl.SizeCache
 }
 
 func (x *SessionHeader) Reset() {
@@ -747,8 +825,23 @@ func (x *SessionHeader) GetPublicKeyBytes() uint64 {
 	return 0
 }
 
+func (x *SessionHeader) GetRefresh() RefreshMode {
+	if x != nil {
+		return x.Refresh
+	}
+	return RefreshMode_REFRESH_MODE_UNSPECIFIED
+}
+
+func (x *SessionHeader) GetBootstrapKeyBytes() uint64 {
+	if x != nil {
+		return x.BootstrapKeyBytes
+	}
+	return 0
+}
+
 // KeyChunk is a slice of one serialized key blob: evaluation keys first,
-// then the public key, each contiguous from offset 0.
+// then the public key, then (bootstrap mode) the bootstrapping keys, each
+// contiguous from offset 0.
 type KeyChunk struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Kind          KeyKind                `protobuf:"varint,1,opt,name=kind,proto3,enum=entropi.v1.KeyKind" json:"kind,omitempty"`
@@ -1993,7 +2086,7 @@ const file_entropi_proto_rawDesc = "" +
 	"\x0fgalois_elements\x18\x01 \x03(\x04R\x0egaloisElements\x12 \n" +
 	"\vrelinearize\x18\x02 \x01(\bR\vrelinearize\x12\x1d\n" +
 	"\n" +
-	"public_key\x18\x03 \x01(\bR\tpublicKey\"\xc1\x02\n" +
+	"public_key\x18\x03 \x01(\bR\tpublicKey\"\xf4\x02\n" +
 	"\tModelInfo\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x1f\n" +
 	"\vconfig_json\x18\x02 \x01(\tR\n" +
@@ -2004,7 +2097,9 @@ const file_entropi_proto_rawDesc = "" +
 	"\acontext\x18\x06 \x01(\x05R\acontext\x12*\n" +
 	"\x04keys\x18\a \x01(\v2\x16.entropi.v1.KeyRequestR\x04keys\x12\x1b\n" +
 	"\tspec_json\x18\b \x01(\fR\bspecJson\x12%\n" +
-	"\x0etokenizer_json\x18\t \x01(\fR\rtokenizerJson\"\x80\x02\n" +
+	"\x0etokenizer_json\x18\t \x01(\fR\rtokenizerJson\x121\n" +
+	"\arefresh\x18\n" +
+	" \x01(\x0e2\x17.entropi.v1.RefreshModeR\arefresh\"\x80\x02\n" +
 	"\x06Limits\x12*\n" +
 	"\x11max_message_bytes\x18\x01 \x01(\x04R\x0fmaxMessageBytes\x12&\n" +
 	"\x0fmax_chunk_bytes\x18\x02 \x01(\x04R\rmaxChunkBytes\x12\"\n" +
@@ -2021,13 +2116,15 @@ const file_entropi_proto_rawDesc = "" +
 	"\x14CreateSessionRequest\x123\n" +
 	"\x06header\x18\x01 \x01(\v2\x19.entropi.v1.SessionHeaderH\x00R\x06header\x12,\n" +
 	"\x05chunk\x18\x02 \x01(\v2\x14.entropi.v1.KeyChunkH\x00R\x05chunkB\x05\n" +
-	"\x03msg\"\xd8\x01\n" +
+	"\x03msg\"\xbb\x02\n" +
 	"\rSessionHeader\x12)\n" +
 	"\x10protocol_version\x18\x01 \x01(\rR\x0fprotocolVersion\x12\x14\n" +
 	"\x05model\x18\x02 \x01(\tR\x05model\x12*\n" +
 	"\x06preset\x18\x03 \x01(\v2\x12.entropi.v1.PresetR\x06preset\x120\n" +
 	"\x14evaluation_key_bytes\x18\x04 \x01(\x04R\x12evaluationKeyBytes\x12(\n" +
-	"\x10public_key_bytes\x18\x05 \x01(\x04R\x0epublicKeyBytes\"_\n" +
+	"\x10public_key_bytes\x18\x05 \x01(\x04R\x0epublicKeyBytes\x121\n" +
+	"\arefresh\x18\x06 \x01(\x0e2\x17.entropi.v1.RefreshModeR\arefresh\x12.\n" +
+	"\x13bootstrap_key_bytes\x18\a \x01(\x04R\x11bootstrapKeyBytes\"_\n" +
 	"\bKeyChunk\x12'\n" +
 	"\x04kind\x18\x01 \x01(\x0e2\x13.entropi.v1.KeyKindR\x04kind\x12\x16\n" +
 	"\x06offset\x18\x02 \x01(\x04R\x06offset\x12\x12\n" +
@@ -2117,11 +2214,16 @@ const file_entropi_proto_rawDesc = "" +
 	"\tEmbedding\x12\x19\n" +
 	"\x15EMBEDDING_UNSPECIFIED\x10\x00\x12\x14\n" +
 	"\x10EMBEDDING_SERVER\x10\x01\x12\x14\n" +
-	"\x10EMBEDDING_CLIENT\x10\x02*Q\n" +
+	"\x10EMBEDDING_CLIENT\x10\x02*e\n" +
+	"\vRefreshMode\x12\x1c\n" +
+	"\x18REFRESH_MODE_UNSPECIFIED\x10\x00\x12\x1c\n" +
+	"\x18REFRESH_MODE_INTERACTIVE\x10\x01\x12\x1a\n" +
+	"\x16REFRESH_MODE_BOOTSTRAP\x10\x02*i\n" +
 	"\aKeyKind\x12\x18\n" +
 	"\x14KEY_KIND_UNSPECIFIED\x10\x00\x12\x17\n" +
 	"\x13KEY_KIND_EVALUATION\x10\x01\x12\x13\n" +
-	"\x0fKEY_KIND_PUBLIC\x10\x022\xcc\x02\n" +
+	"\x0fKEY_KIND_PUBLIC\x10\x02\x12\x16\n" +
+	"\x12KEY_KIND_BOOTSTRAP\x10\x032\xcc\x02\n" +
 	"\aEntropi\x12K\n" +
 	"\n" +
 	"ListModels\x12\x1d.entropi.v1.ListModelsRequest\x1a\x1e.entropi.v1.ListModelsResponse\x12V\n" +
@@ -2141,75 +2243,78 @@ func file_entropi_proto_rawDescGZIP() []byte {
 	return file_entropi_proto_rawDescData
 }
 
-var file_entropi_proto_enumTypes = make([]protoimpl.EnumInfo, 2)
+var file_entropi_proto_enumTypes = make([]protoimpl.EnumInfo, 3)
 var file_entropi_proto_msgTypes = make([]protoimpl.MessageInfo, 27)
 var file_entropi_proto_goTypes = []any{
 	(Embedding)(0),                // 0: entropi.v1.Embedding
-	(KeyKind)(0),                  // 1: entropi.v1.KeyKind
-	(*Preset)(nil),                // 2: entropi.v1.Preset
-	(*KeyRequest)(nil),            // 3: entropi.v1.KeyRequest
-	(*ModelInfo)(nil),             // 4: entropi.v1.ModelInfo
-	(*Limits)(nil),                // 5: entropi.v1.Limits
-	(*ListModelsRequest)(nil),     // 6: entropi.v1.ListModelsRequest
-	(*ListModelsResponse)(nil),    // 7: entropi.v1.ListModelsResponse
-	(*CreateSessionRequest)(nil),  // 8: entropi.v1.CreateSessionRequest
-	(*SessionHeader)(nil),         // 9: entropi.v1.SessionHeader
-	(*KeyChunk)(nil),              // 10: entropi.v1.KeyChunk
-	(*CreateSessionResponse)(nil), // 11: entropi.v1.CreateSessionResponse
-	(*CloseSessionRequest)(nil),   // 12: entropi.v1.CloseSessionRequest
-	(*CloseSessionResponse)(nil),  // 13: entropi.v1.CloseSessionResponse
-	(*GenerateRequest)(nil),       // 14: entropi.v1.GenerateRequest
-	(*Start)(nil),                 // 15: entropi.v1.Start
-	(*PromptCiphertext)(nil),      // 16: entropi.v1.PromptCiphertext
-	(*RefreshAnswer)(nil),         // 17: entropi.v1.RefreshAnswer
-	(*TokenCiphertext)(nil),       // 18: entropi.v1.TokenCiphertext
-	(*End)(nil),                   // 19: entropi.v1.End
-	(*Abort)(nil),                 // 20: entropi.v1.Abort
-	(*GenerateResponse)(nil),      // 21: entropi.v1.GenerateResponse
-	(*Started)(nil),               // 22: entropi.v1.Started
-	(*RefreshRequest)(nil),        // 23: entropi.v1.RefreshRequest
-	(*RefreshItem)(nil),           // 24: entropi.v1.RefreshItem
-	(*Logits)(nil),                // 25: entropi.v1.Logits
-	(*Done)(nil),                  // 26: entropi.v1.Done
-	(*TrafficReport)(nil),         // 27: entropi.v1.TrafficReport
-	(*TrafficEntry)(nil),          // 28: entropi.v1.TrafficEntry
+	(RefreshMode)(0),              // 1: entropi.v1.RefreshMode
+	(KeyKind)(0),                  // 2: entropi.v1.KeyKind
+	(*Preset)(nil),                // 3: entropi.v1.Preset
+	(*KeyRequest)(nil),            // 4: entropi.v1.KeyRequest
+	(*ModelInfo)(nil),             // 5: entropi.v1.ModelInfo
+	(*Limits)(nil),                // 6: entropi.v1.Limits
+	(*ListModelsRequest)(nil),     // 7: entropi.v1.ListModelsRequest
+	(*ListModelsResponse)(nil),    // 8: entropi.v1.ListModelsResponse
+	(*CreateSessionRequest)(nil),  // 9: entropi.v1.CreateSessionRequest
+	(*SessionHeader)(nil),         // 10: entropi.v1.SessionHeader
+	(*KeyChunk)(nil),              // 11: entropi.v1.KeyChunk
+	(*CreateSessionResponse)(nil), // 12: entropi.v1.CreateSessionResponse
+	(*CloseSessionRequest)(nil),   // 13: entropi.v1.CloseSessionRequest
+	(*CloseSessionResponse)(nil),  // 14: entropi.v1.CloseSessionResponse
+	(*GenerateRequest)(nil),       // 15: entropi.v1.GenerateRequest
+	(*Start)(nil),                 // 16: entropi.v1.Start
+	(*PromptCiphertext)(nil),      // 17: entropi.v1.PromptCiphertext
+	(*RefreshAnswer)(nil),         // 18: entropi.v1.RefreshAnswer
+	(*TokenCiphertext)(nil),       // 19: entropi.v1.TokenCiphertext
+	(*End)(nil),                   // 20: entropi.v1.End
+	(*Abort)(nil),                 // 21: entropi.v1.Abort
+	(*GenerateResponse)(nil),      // 22: entropi.v1.GenerateResponse
+	(*Started)(nil),               // 23: entropi.v1.Started
+	(*RefreshRequest)(nil),        // 24: entropi.v1.RefreshRequest
+	(*RefreshItem)(nil),           // 25: entropi.v1.RefreshItem
+	(*Logits)(nil),                // 26: entropi.v1.Logits
+	(*Done)(nil),                  // 27: entropi.v1.Done
+	(*TrafficReport)(nil),         // 28: entropi.v1.TrafficReport
+	(*TrafficEntry)(nil),          // 29: entropi.v1.TrafficEntry
 }
 var file_entropi_proto_depIdxs = []int32{
-	2,  // 0: entropi.v1.ModelInfo.preset:type_name -> entropi.v1.Preset
+	3,  // 0: entropi.v1.ModelInfo.preset:type_name -> entropi.v1.Preset
 	0,  // 1: entropi.v1.ModelInfo.embedding:type_name -> entropi.v1.Embedding
-	3,  // 2: entropi.v1.ModelInfo.keys:type_name -> entropi.v1.KeyRequest
-	4,  // 3: entropi.v1.ListModelsResponse.models:type_name -> entropi.v1.ModelInfo
-	5,  // 4: entropi.v1.ListModelsResponse.limits:type_name -> entropi.v1.Limits
-	9,  // 5: entropi.v1.CreateSessionRequest.header:type_name -> entropi.v1.SessionHeader
-	10, // 6: entropi.v1.CreateSessionRequest.chunk:type_name -> entropi.v1.KeyChunk
-	2,  // 7: entropi.v1.SessionHeader.preset:type_name -> entropi.v1.Preset
-	1,  // 8: entropi.v1.KeyChunk.kind:type_name -> entropi.v1.KeyKind
-	15, // 9: entropi.v1.GenerateRequest.start:type_name -> entropi.v1.Start
-	16, // 10: entropi.v1.GenerateRequest.prompt:type_name -> entropi.v1.PromptCiphertext
-	17, // 11: entropi.v1.GenerateRequest.refresh_answer:type_name -> entropi.v1.RefreshAnswer
-	18, // 12: entropi.v1.GenerateRequest.next_token:type_name -> entropi.v1.TokenCiphertext
-	19, // 13: entropi.v1.GenerateRequest.end:type_name -> entropi.v1.End
-	20, // 14: entropi.v1.GenerateRequest.abort:type_name -> entropi.v1.Abort
-	22, // 15: entropi.v1.GenerateResponse.started:type_name -> entropi.v1.Started
-	23, // 16: entropi.v1.GenerateResponse.refresh:type_name -> entropi.v1.RefreshRequest
-	25, // 17: entropi.v1.GenerateResponse.logits:type_name -> entropi.v1.Logits
-	26, // 18: entropi.v1.GenerateResponse.done:type_name -> entropi.v1.Done
-	24, // 19: entropi.v1.RefreshRequest.items:type_name -> entropi.v1.RefreshItem
-	27, // 20: entropi.v1.Done.traffic:type_name -> entropi.v1.TrafficReport
-	28, // 21: entropi.v1.TrafficReport.entries:type_name -> entropi.v1.TrafficEntry
-	6,  // 22: entropi.v1.Entropi.ListModels:input_type -> entropi.v1.ListModelsRequest
-	8,  // 23: entropi.v1.Entropi.CreateSession:input_type -> entropi.v1.CreateSessionRequest
-	14, // 24: entropi.v1.Entropi.Generate:input_type -> entropi.v1.GenerateRequest
-	12, // 25: entropi.v1.Entropi.CloseSession:input_type -> entropi.v1.CloseSessionRequest
-	7,  // 26: entropi.v1.Entropi.ListModels:output_type -> entropi.v1.ListModelsResponse
-	11, // 27: entropi.v1.Entropi.CreateSession:output_type -> entropi.v1.CreateSessionResponse
-	21, // 28: entropi.v1.Entropi.Generate:output_type -> entropi.v1.GenerateResponse
-	13, // 29: entropi.v1.Entropi.CloseSession:output_type -> entropi.v1.CloseSessionResponse
-	26, // [26:30] is the sub-list for method output_type
-	22, // [22:26] is the sub-list for method input_type
-	22, // [22:22] is the sub-list for extension type_name
-	22, // [22:22] is the sub-list for extension extendee
-	0,  // [0:22] is the sub-list for field type_name
+	4,  // 2: entropi.v1.ModelInfo.keys:type_name -> entropi.v1.KeyRequest
+	1,  // 3: entropi.v1.ModelInfo.refresh:type_name -> entropi.v1.RefreshMode
+	5,  // 4: entropi.v1.ListModelsResponse.models:type_name -> entropi.v1.ModelInfo
+	6,  // 5: entropi.v1.ListModelsResponse.limits:type_name -> entropi.v1.Limits
+	10, // 6: entropi.v1.CreateSessionRequest.header:type_name -> entropi.v1.SessionHeader
+	11, // 7: entropi.v1.CreateSessionRequest.chunk:type_name -> entropi.v1.KeyChunk
+	3,  // 8: entropi.v1.SessionHeader.preset:type_name -> entropi.v1.Preset
+	1,  // 9: entropi.v1.SessionHeader.refresh:type_name -> entropi.v1.RefreshMode
+	2,  // 10: entropi.v1.KeyChunk.kind:type_name -> entropi.v1.KeyKind
+	16, // 11: entropi.v1.GenerateRequest.start:type_name -> entropi.v1.Start
+	17, // 12: entropi.v1.GenerateRequest.prompt:type_name -> entropi.v1.PromptCiphertext
+	18, // 13: entropi.v1.GenerateRequest.refresh_answer:type_name -> entropi.v1.RefreshAnswer
+	19, // 14: entropi.v1.GenerateRequest.next_token:type_name -> entropi.v1.TokenCiphertext
+	20, // 15: entropi.v1.GenerateRequest.end:type_name -> entropi.v1.End
+	21, // 16: entropi.v1.GenerateRequest.abort:type_name -> entropi.v1.Abort
+	23, // 17: entropi.v1.GenerateResponse.started:type_name -> entropi.v1.Started
+	24, // 18: entropi.v1.GenerateResponse.refresh:type_name -> entropi.v1.RefreshRequest
+	26, // 19: entropi.v1.GenerateResponse.logits:type_name -> entropi.v1.Logits
+	27, // 20: entropi.v1.GenerateResponse.done:type_name -> entropi.v1.Done
+	25, // 21: entropi.v1.RefreshRequest.items:type_name -> entropi.v1.RefreshItem
+	28, // 22: entropi.v1.Done.traffic:type_name -> entropi.v1.TrafficReport
+	29, // 23: entropi.v1.TrafficReport.entries:type_name -> entropi.v1.TrafficEntry
+	7,  // 24: entropi.v1.Entropi.ListModels:input_type -> entropi.v1.ListModelsRequest
+	9,  // 25: entropi.v1.Entropi.CreateSession:input_type -> entropi.v1.CreateSessionRequest
+	15, // 26: entropi.v1.Entropi.Generate:input_type -> entropi.v1.GenerateRequest
+	13, // 27: entropi.v1.Entropi.CloseSession:input_type -> entropi.v1.CloseSessionRequest
+	8,  // 28: entropi.v1.Entropi.ListModels:output_type -> entropi.v1.ListModelsResponse
+	12, // 29: entropi.v1.Entropi.CreateSession:output_type -> entropi.v1.CreateSessionResponse
+	22, // 30: entropi.v1.Entropi.Generate:output_type -> entropi.v1.GenerateResponse
+	14, // 31: entropi.v1.Entropi.CloseSession:output_type -> entropi.v1.CloseSessionResponse
+	28, // [28:32] is the sub-list for method output_type
+	24, // [24:28] is the sub-list for method input_type
+	24, // [24:24] is the sub-list for extension type_name
+	24, // [24:24] is the sub-list for extension extendee
+	0,  // [0:24] is the sub-list for field type_name
 }
 
 func init() { file_entropi_proto_init() }
@@ -2240,7 +2345,7 @@ func file_entropi_proto_init() {
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_entropi_proto_rawDesc), len(file_entropi_proto_rawDesc)),
-			NumEnums:      2,
+			NumEnums:      3,
 			NumMessages:   27,
 			NumExtensions: 0,
 			NumServices:   1,

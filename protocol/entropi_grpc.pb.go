@@ -46,17 +46,20 @@ type EntropiClient interface {
 	// FailedPrecondition: protocol version mismatch.
 	ListModels(ctx context.Context, in *ListModelsRequest, opts ...grpc.CallOption) (*ListModelsResponse, error)
 	// CreateSession uploads the session's public keys: the first message is a
-	// SessionHeader (model, preset, declared sizes), the rest are KeyChunks in
-	// order. Codes: NotFound (unknown model), FailedPrecondition (protocol
-	// version or preset disagreement), PermissionDenied (insecure preset on a
+	// SessionHeader (model, preset, refresh mode, declared sizes), the rest
+	// are KeyChunks in order (evaluation keys, public key, and for a model in
+	// bootstrap mode the bootstrapping keys). Codes: NotFound (unknown
+	// model), FailedPrecondition (protocol version, preset or refresh-mode
+	// disagreement), PermissionDenied (insecure preset on a
 	// server not started for tests), InvalidArgument (malformed, out-of-order
 	// or oversize chunk, keys that do not parse or do not match the request),
 	// ResourceExhausted (session or key-memory cap reached).
 	CreateSession(ctx context.Context, opts ...grpc.CallOption) (grpc.ClientStreamingClient[CreateSessionRequest, CreateSessionResponse], error)
 	// Generate runs one generation in a session (one at a time per session):
 	// Start, prompt ciphertexts, then for each step the server sends the
-	// refresh rounds it needs and the encrypted logits, and the client answers
-	// with refresh answers and the next token's ciphertext, or End. Codes:
+	// refresh rounds it needs (none in bootstrap mode) and the encrypted
+	// logits, and the client answers with refresh answers and the next
+	// token's ciphertext, or End. Codes:
 	// NotFound (unknown or expired session), FailedPrecondition (session busy),
 	// InvalidArgument (malformed message or ciphertext, wrong order, wrong
 	// level/scale/ring degree), OutOfRange (context window or token limit
@@ -132,17 +135,20 @@ type EntropiServer interface {
 	// FailedPrecondition: protocol version mismatch.
 	ListModels(context.Context, *ListModelsRequest) (*ListModelsResponse, error)
 	// CreateSession uploads the session's public keys: the first message is a
-	// SessionHeader (model, preset, declared sizes), the rest are KeyChunks in
-	// order. Codes: NotFound (unknown model), FailedPrecondition (protocol
-	// version or preset disagreement), PermissionDenied (insecure preset on a
+	// SessionHeader (model, preset, refresh mode, declared sizes), the rest
+	// are KeyChunks in order (evaluation keys, public key, and for a model in
+	// bootstrap mode the bootstrapping keys). Codes: NotFound (unknown
+	// model), FailedPrecondition (protocol version, preset or refresh-mode
+	// disagreement), PermissionDenied (insecure preset on a
 	// server not started for tests), InvalidArgument (malformed, out-of-order
 	// or oversize chunk, keys that do not parse or do not match the request),
 	// ResourceExhausted (session or key-memory cap reached).
 	CreateSession(grpc.ClientStreamingServer[CreateSessionRequest, CreateSessionResponse]) error
 	// Generate runs one generation in a session (one at a time per session):
 	// Start, prompt ciphertexts, then for each step the server sends the
-	// refresh rounds it needs and the encrypted logits, and the client answers
-	// with refresh answers and the next token's ciphertext, or End. Codes:
+	// refresh rounds it needs (none in bootstrap mode) and the encrypted
+	// logits, and the client answers with refresh answers and the next
+	// token's ciphertext, or End. Codes:
 	// NotFound (unknown or expired session), FailedPrecondition (session busy),
 	// InvalidArgument (malformed message or ciphertext, wrong order, wrong
 	// level/scale/ring degree), OutOfRange (context window or token limit
