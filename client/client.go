@@ -10,6 +10,7 @@ import (
 	"iter"
 	"time"
 
+	"github.com/tuneinsight/lattigo/v6/circuits/ckks/bootstrapping"
 	"github.com/tuneinsight/lattigo/v6/core/rlwe"
 	"github.com/tuneinsight/lattigo/v6/schemes/ckks"
 	"google.golang.org/grpc"
@@ -37,6 +38,18 @@ type Crypto interface {
 	DecryptLogits(ct *rlwe.Ciphertext) ([]float64, error)
 }
 
+// BootstrapCrypto is a Crypto that can serve a model in bootstrap mode
+// (ModelInfo.Bootstrap): it also generates the bootstrapping keys, which
+// the session uploads after the public key. The engine's client (the
+// default) is one.
+type BootstrapCrypto interface {
+	Crypto
+	// BootstrapKeys generates the bootstrapping evaluation keys for the
+	// model's bootstrapping parameters (he.BootstrapParameters of its
+	// preset) from the same secret key.
+	BootstrapKeys() (*bootstrapping.EvaluationKeys, error)
+}
+
 // Options configure Dial. The zero value dials without TLS and refuses
 // insecure presets.
 type Options struct {
@@ -62,8 +75,11 @@ type ModelInfo struct {
 	// Tokenizer is nil when the server has none for the model.
 	Tokenizer *model.Tokenizer
 	// Spec is the engine's public contract (JSON).
-	Spec  []byte
-	proto *pb.ModelInfo
+	Spec []byte
+	// Bootstrap: the server bootstraps (refresh mode bootstrap): the
+	// session uploads bootstrapping keys and no refresh round is answered.
+	Bootstrap bool
+	proto     *pb.ModelInfo
 }
 
 // Client is a connection to an entropi server.
@@ -130,6 +146,13 @@ func modelInfo(m *pb.ModelInfo) (*ModelInfo, error) {
 		return nil, err
 	}
 	mi := &ModelInfo{Name: m.Name, Preset: p, ClientSideEmbedding: m.Embedding == pb.Embedding_EMBEDDING_CLIENT, Spec: m.SpecJson, proto: m}
+	switch m.Refresh {
+	case pb.RefreshMode_REFRESH_MODE_UNSPECIFIED, pb.RefreshMode_REFRESH_MODE_INTERACTIVE:
+	case pb.RefreshMode_REFRESH_MODE_BOOTSTRAP:
+		mi.Bootstrap = true
+	default:
+		return nil, fmt.Errorf("unknown refresh mode %v", m.Refresh)
+	}
 	if err := json.Unmarshal([]byte(m.ConfigJson), &mi.Config); err != nil {
 		return nil, fmt.Errorf("config: %w", err)
 	}
@@ -180,8 +203,8 @@ type Session struct {
 }
 
 // NewSession generates keys locally for a model and uploads the public
-// ones (evaluation keys and public key) in chunks. name "" picks the only
-// model.
+// ones (evaluation keys and public key, and in bootstrap mode the
+// bootstrapping keys) in chunks. name "" picks the only model.
 func (c *Client) NewSession(ctx context.Context, name string) (*Session, error) {
 	t0 := time.Now()
 	mi, err := c.Model(name)
@@ -211,6 +234,26 @@ func (c *Client) NewSession(ctx context.Context, name string) (*Session, error) 
 	if err != nil {
 		return nil, err
 	}
+	var bkb []byte
+	refresh := pb.RefreshMode_REFRESH_MODE_INTERACTIVE
+	if mi.Bootstrap {
+		refresh = pb.RefreshMode_REFRESH_MODE_BOOTSTRAP
+		bc, ok := cr.(BootstrapCrypto)
+		if !ok {
+			return nil, fmt.Errorf("entropi: model %q runs in bootstrap mode, and this client's Crypto (%T) cannot generate bootstrapping keys", mi.Name, cr)
+		}
+		btp, err := he.BootstrapParameters(mi.Preset, c.opts.AllowInsecurePresets)
+		if err != nil {
+			return nil, fmt.Errorf("entropi: model %q: bootstrap mode: %w", mi.Name, err)
+		}
+		bk, err := bc.BootstrapKeys()
+		if err != nil {
+			return nil, fmt.Errorf("entropi: bootstrapping keys: %w", err)
+		}
+		if bkb, err = pb.MarshalBootstrapKeys(btp, bk); err != nil {
+			return nil, fmt.Errorf("entropi: %w", err)
+		}
+	}
 	meter := pb.NewMeter()
 	meter.Merge(c.setup.Snapshot())
 	stream, err := c.rpc.CreateSession(ctx)
@@ -222,7 +265,7 @@ func (c *Client) NewSession(ctx context.Context, name string) (*Session, error) 
 		return stream.Send(m)
 	}
 	hdr := &pb.SessionHeader{ProtocolVersion: pb.Version, Model: mi.Name, Preset: pb.PresetToProto(mi.Preset),
-		EvaluationKeyBytes: uint64(len(evk)), PublicKeyBytes: uint64(len(pkb))}
+		EvaluationKeyBytes: uint64(len(evk)), PublicKeyBytes: uint64(len(pkb)), Refresh: refresh, BootstrapKeyBytes: uint64(len(bkb))}
 	err = send(&pb.CreateSessionRequest{Msg: &pb.CreateSessionRequest_Header{Header: hdr}})
 	chunk := int(c.limits.GetMaxChunkBytes())
 	if chunk <= 0 {
@@ -231,7 +274,7 @@ func (c *Client) NewSession(ctx context.Context, name string) (*Session, error) 
 	for _, blob := range []struct {
 		kind pb.KeyKind
 		b    []byte
-	}{{pb.KeyKind_KEY_KIND_EVALUATION, evk}, {pb.KeyKind_KEY_KIND_PUBLIC, pkb}} {
+	}{{pb.KeyKind_KEY_KIND_EVALUATION, evk}, {pb.KeyKind_KEY_KIND_PUBLIC, pkb}, {pb.KeyKind_KEY_KIND_BOOTSTRAP, bkb}} {
 		for off := 0; off < len(blob.b) && err == nil; off += chunk {
 			end := min(off+chunk, len(blob.b))
 			err = send(&pb.CreateSessionRequest{Msg: &pb.CreateSessionRequest_Chunk{Chunk: &pb.KeyChunk{Kind: blob.kind, Offset: uint64(off), Data: blob.b[off:end]}}})
@@ -433,6 +476,9 @@ func (g *clientGen) awaitLogits(ctx context.Context, pos int) (*rlwe.Ciphertext,
 		}
 		switch x := m.Msg.(type) {
 		case *pb.GenerateResponse_Refresh:
+			if g.s.Model.Bootstrap {
+				return nil, g.abort(codes.InvalidArgument, fmt.Errorf("entropi: the server sent refresh round %d, but model %q runs in bootstrap mode (no client rounds)", x.Refresh.GetRound(), g.s.Model.Name))
+			}
 			req, err := pb.RefreshRequestFromProto(params, x.Refresh, 1024)
 			if err != nil {
 				return nil, g.abort(codes.InvalidArgument, fmt.Errorf("entropi: server sent an invalid refresh round: %w", err))

@@ -79,13 +79,11 @@ func ParseBootstrapKeys(btp bootstrapping.Parameters, data []byte, maxBytes int6
 	if maxBytes > 0 && int64(len(data)) > maxBytes {
 		return nil, Errorf(codes.InvalidArgument, "bootstrapping keys: %d bytes exceed the limit %d", len(data), maxBytes)
 	}
-	if len(data) < len(bootKeyMagic)+32 || !bytes.Equal(data[:len(bootKeyMagic)], bootKeyMagic) {
+	if len(data) < BootstrapKeyHeaderBytes {
 		return nil, Errorf(codes.InvalidArgument, "bootstrapping keys: bad header (not an entropi bootstrapping-key set, or another version)")
 	}
-	fp := BootstrapFingerprint(btp)
-	if !bytes.Equal(data[len(bootKeyMagic):len(bootKeyMagic)+32], fp[:]) {
-		return nil, Errorf(codes.InvalidArgument, "bootstrapping keys: made for other bootstrapping parameters (want N=2^%d, %d residual and %d bootstrapping Q primes): generate them with the model's preset",
-			btp.ResidualParameters.LogN(), len(btp.ResidualParameters.Q()), len(btp.BootstrappingParameters.Q()))
+	if err := CheckBootstrapKeyHeader(btp, data[:BootstrapKeyHeaderBytes]); err != nil {
+		return nil, err
 	}
 	defer func() {
 		if r := recover(); r != nil {
@@ -105,6 +103,27 @@ func ParseBootstrapKeys(btp bootstrapping.Parameters, data []byte, maxBytes int6
 		return nil, Errorf(codes.InvalidArgument, "bootstrapping keys: %v", err)
 	}
 	return keys, nil
+}
+
+// BootstrapKeyHeaderBytes is the length of the bootstrapping keys' header
+// (magic and fingerprint).
+var BootstrapKeyHeaderBytes = len(bootKeyMagic) + 32
+
+// CheckBootstrapKeyHeader checks the header of bootstrapping keys (their
+// first BootstrapKeyHeaderBytes bytes): magic and version, and the
+// fingerprint of btp. The server checks it as soon as the first chunk
+// arrives, so that keys for other parameters are refused before the rest
+// is uploaded. Errors are InvalidArgument.
+func CheckBootstrapKeyHeader(btp bootstrapping.Parameters, hdr []byte) error {
+	if len(hdr) != BootstrapKeyHeaderBytes || !bytes.Equal(hdr[:len(bootKeyMagic)], bootKeyMagic) {
+		return Errorf(codes.InvalidArgument, "bootstrapping keys: bad header (not an entropi bootstrapping-key set, or another version)")
+	}
+	fp := BootstrapFingerprint(btp)
+	if !bytes.Equal(hdr[len(bootKeyMagic):], fp[:]) {
+		return Errorf(codes.InvalidArgument, "bootstrapping keys: made for other bootstrapping parameters (want N=2^%d, %d residual and %d bootstrapping Q primes): generate them with the model's preset",
+			btp.ResidualParameters.LogN(), len(btp.ResidualParameters.Q()), len(btp.BootstrappingParameters.Q()))
+	}
+	return nil
 }
 
 // BootstrapGaloisElements are the Galois elements of the keys the

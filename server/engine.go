@@ -38,7 +38,7 @@ func EngineModel(name string, e *engine.Engine, tok *model.Tokenizer) (Model, er
 	return &engineModel{e: e, info: ModelInfo{
 		Name: name, Config: e.Config(), Preset: spec.Preset, ClientSideEmbedding: spec.ClientSideEmbedding,
 		InputLevel: spec.InputLevel, GaloisElements: req.GaloisElements(e.Params()), Relinearize: req.Relinearize,
-		Spec: js, Tokenizer: tok,
+		Spec: js, Tokenizer: tok, Refresh: e.Mode(),
 	}}, nil
 }
 
@@ -50,7 +50,11 @@ type engineModel struct {
 func (m *engineModel) Info() ModelInfo { return m.info }
 
 func (m *engineModel) NewSession(keys *Keys, refresh RefreshFunc) (ModelSession, error) {
-	s, err := m.e.NewSession(&engine.Keys{Evaluation: keys.Evaluation, Public: keys.Public}, engine.RefreshFunc(refresh))
+	var rf engine.RefreshFunc // nil in bootstrap mode: the server bootstraps
+	if m.e.Mode() != engine.RefreshBootstrap {
+		rf = engine.RefreshFunc(refresh)
+	}
+	s, err := m.e.NewSession(&engine.Keys{Evaluation: keys.Evaluation, Public: keys.Public, Bootstrap: keys.Bootstrap}, rf)
 	if err != nil {
 		return nil, err
 	}
@@ -78,6 +82,12 @@ type LoadOptions struct {
 	ClientSideEmbedding bool
 	Workers             int
 	Logger              *slog.Logger
+	// Refresh is the refresh mode ("" : interactive). Bootstrap mode
+	// (engine.RefreshBootstrap: the server bootstraps, clients upload
+	// bootstrapping keys and answer no rounds) needs an explicit
+	// bootstrapping preset (sparse secret): n16-boot-128, or
+	// insecure-boot-deep for tests.
+	Refresh engine.RefreshMode
 }
 
 // LoadModels builds an engine for every checkpoint (*.safetensors) in dir;
@@ -152,13 +162,20 @@ var AutoPresets = []he.Preset{he.N14, he.N15}
 // more Newton steps); notes say what changed. It returns the set the engine
 // runs (the plaintext model with that set is what it must match).
 func NewEngine(w *model.Weights, set *approx.Set, opt LoadOptions) (*engine.Engine, *approx.Set, []string, error) {
+	mode, err := engine.ParseRefreshMode(string(opt.Refresh))
+	if err != nil {
+		return nil, nil, nil, err
+	}
+	if err := CheckRefreshPreset(mode, opt.Preset); err != nil {
+		return nil, nil, nil, err
+	}
 	presets := []he.Preset{opt.Preset}
 	if opt.Preset.Name == "" {
 		presets = AutoPresets
 	}
 	build := func(p he.Preset, s *approx.Set) (*engine.Engine, error) {
 		return engine.New(w, s, engine.Options{Preset: p, AllowInsecure: opt.AllowInsecure,
-			ClientSideEmbedding: opt.ClientSideEmbedding, Workers: opt.Workers})
+			ClientSideEmbedding: opt.ClientSideEmbedding, Workers: opt.Workers, Refresh: mode})
 	}
 	var errs []string
 	for _, p := range presets {
@@ -183,6 +200,27 @@ func NewEngine(w *model.Weights, set *approx.Set, opt LoadOptions) (*engine.Engi
 		errs = append(errs, fmt.Sprintf("after refitting (%s): %v", strings.Join(notes, "; "), err))
 	}
 	return nil, nil, nil, errors.New(strings.Join(errs, "; "))
+}
+
+// CheckRefreshPreset refuses bootstrap mode without an explicit
+// bootstrapping preset (sparse secret); any preset serves interactive mode.
+func CheckRefreshPreset(mode engine.RefreshMode, p he.Preset) error {
+	if mode != engine.RefreshBootstrap {
+		return nil
+	}
+	var boot []string
+	for _, q := range he.Presets() {
+		if q.Secret == he.SecretSparse {
+			boot = append(boot, q.Name)
+		}
+	}
+	if p.Name == "" {
+		return fmt.Errorf("refresh mode bootstrap needs an explicit bootstrapping preset (%s; insecure-… for tests only), not auto", strings.Join(boot, ", "))
+	}
+	if p.Secret != he.SecretSparse {
+		return fmt.Errorf("refresh mode bootstrap needs a bootstrapping preset (sparse secret: %s); %s is not one (use it with --refresh interactive)", strings.Join(boot, ", "), p.Name)
+	}
+	return nil
 }
 
 // sameDegrees reports whether exp and GELU kept their polynomials.

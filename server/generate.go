@@ -214,7 +214,11 @@ func (s *Server) Generate(stream pb.Entropi_GenerateServer) (err error) {
 			"refresh_rounds", g.round, "seconds", time.Since(t0).Seconds())
 	}()
 
-	msess, err := l.m.NewSession(keys, g.refresh)
+	var refresh RefreshFunc = g.refresh
+	if l.bootstrap() {
+		refresh = nil // the model bootstraps: no client rounds
+	}
+	msess, err := l.m.NewSession(keys, refresh)
 	if err != nil {
 		return pb.Errorf(codes.Internal, "model session: %v", err)
 	}

@@ -3,8 +3,10 @@ package server
 import (
 	"context"
 
+	"github.com/tuneinsight/lattigo/v6/circuits/ckks/bootstrapping"
 	"github.com/tuneinsight/lattigo/v6/core/rlwe"
 
+	"github.com/entropi-ai/entropi/engine"
 	"github.com/entropi-ai/entropi/he"
 	"github.com/entropi-ai/entropi/model"
 )
@@ -16,7 +18,7 @@ type Model interface {
 	Info() ModelInfo
 	// NewSession starts one generation's server state (the encrypted KV
 	// cache) over a client's public keys; refresh carries masked-refresh
-	// rounds to that client.
+	// rounds to that client (nil in bootstrap mode: no client rounds).
 	NewSession(keys *Keys, refresh RefreshFunc) (ModelSession, error)
 }
 
@@ -42,6 +44,9 @@ type RefreshFunc func(ctx context.Context, req *he.RefreshRequest) (*he.RefreshR
 type Keys struct {
 	Evaluation *he.EvaluationKeys
 	Public     *rlwe.PublicKey
+	// Bootstrap are the client's bootstrapping keys (public evaluation
+	// keys under the bootstrapping parameters), bootstrap mode only.
+	Bootstrap *bootstrapping.EvaluationKeys
 }
 
 // ModelInfo is what the server announces about a model.
@@ -62,4 +67,8 @@ type ModelInfo struct {
 	Spec []byte
 	// Tokenizer, if any, is sent to clients (public).
 	Tokenizer *model.Tokenizer
+	// Refresh is the model's refresh mode ("" : interactive). In bootstrap
+	// mode the preset must be a bootstrapping one, clients upload
+	// bootstrapping keys with the session and answer no refresh rounds.
+	Refresh engine.RefreshMode
 }

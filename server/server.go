@@ -15,12 +15,14 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/tuneinsight/lattigo/v6/circuits/ckks/bootstrapping"
 	"github.com/tuneinsight/lattigo/v6/core/rlwe"
 	"github.com/tuneinsight/lattigo/v6/schemes/ckks"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
+	"github.com/entropi-ai/entropi/engine"
 	"github.com/entropi-ai/entropi/he"
 	pb "github.com/entropi-ai/entropi/protocol"
 )
@@ -69,6 +71,19 @@ type loaded struct {
 	info   ModelInfo
 	params ckks.Parameters
 	proto  *pb.ModelInfo
+	// btp are the bootstrapping parameters (bootstrap mode only).
+	btp *bootstrapping.Parameters
+}
+
+// bootstrap reports whether the model runs in bootstrap mode.
+func (l *loaded) bootstrap() bool { return l.btp != nil }
+
+// refreshProto is the wire form of a refresh mode.
+func refreshProto(m engine.RefreshMode) pb.RefreshMode {
+	if m == engine.RefreshBootstrap {
+		return pb.RefreshMode_REFRESH_MODE_BOOTSTRAP
+	}
+	return pb.RefreshMode_REFRESH_MODE_INTERACTIVE
 }
 
 type session struct {
@@ -125,12 +140,24 @@ func New(cfg Config, models ...Model) (*Server, error) {
 		if info.InputLevel < 0 || info.InputLevel > params.MaxLevel() {
 			return nil, fmt.Errorf("server: model %q: input level %d out of range", info.Name, info.InputLevel)
 		}
+		mode, err := engine.ParseRefreshMode(string(info.Refresh))
+		if err != nil {
+			return nil, fmt.Errorf("server: model %q: %w", info.Name, err)
+		}
 		l := &loaded{m: m, info: info, params: params}
+		if mode == engine.RefreshBootstrap {
+			btp, err := he.BootstrapParameters(info.Preset, cfg.AllowInsecure)
+			if err != nil {
+				return nil, fmt.Errorf("server: model %q: refresh mode bootstrap needs a bootstrapping preset: %w", info.Name, err)
+			}
+			l.btp = &btp
+		}
 		l.proto = &pb.ModelInfo{
 			Name: info.Name, Preset: pb.PresetToProto(info.Preset), Vocab: int32(info.Config.Vocab),
 			Context: int32(info.Config.Context), SpecJson: info.Spec,
 			Embedding: pb.Embedding_EMBEDDING_SERVER,
 			Keys:      &pb.KeyRequest{GaloisElements: info.GaloisElements, Relinearize: info.Relinearize, PublicKey: true},
+			Refresh:   refreshProto(mode),
 		}
 		if info.ClientSideEmbedding {
 			l.proto.Embedding = pb.Embedding_EMBEDDING_CLIENT
@@ -149,7 +176,7 @@ func New(cfg Config, models ...Model) (*Server, error) {
 		s.names = append(s.names, info.Name)
 		s.log.Info("model loaded", "model", info.Name, "preset", info.Preset.Name, "security_bits", info.Preset.SecurityBits,
 			"vocab", info.Config.Vocab, "context", info.Config.Context, "dim", info.Config.Dim, "layers", info.Config.Layers,
-			"galois_keys", len(info.GaloisElements), "client_side_embedding", info.ClientSideEmbedding)
+			"galois_keys", len(info.GaloisElements), "client_side_embedding", info.ClientSideEmbedding, "refresh", string(mode))
 	}
 	sort.Strings(s.names)
 	go s.janitor()
@@ -326,6 +353,9 @@ func (s *Server) CreateSession(stream pb.Entropi_CreateSessionServer) (err error
 	if err := pb.CheckPresetAgreement(h.Preset, l.info.Preset); err != nil {
 		return err
 	}
+	if want := l.proto.Refresh; h.Refresh != want && !(h.Refresh == pb.RefreshMode_REFRESH_MODE_UNSPECIFIED && want == pb.RefreshMode_REFRESH_MODE_INTERACTIVE) {
+		return pb.Errorf(codes.FailedPrecondition, "refresh mode disagreement: the client expects %v, model %q runs %v", h.Refresh, l.info.Name, want)
+	}
 	caps := s.cfg.Caps
 	pkWant := uint64(pb.PublicKeyBytes(l.params))
 	switch {
@@ -333,10 +363,16 @@ func (s *Server) CreateSession(stream pb.Entropi_CreateSessionServer) (err error
 		return pb.Errorf(codes.InvalidArgument, "declared evaluation-key size is 0")
 	case h.PublicKeyBytes != pkWant:
 		return pb.Errorf(codes.InvalidArgument, "declared public-key size %d, a public key for preset %s takes exactly %d bytes", h.PublicKeyBytes, l.info.Preset.Name, pkWant)
-	case h.EvaluationKeyBytes+h.PublicKeyBytes > uint64(caps.MaxKeyBytes):
-		return pb.Errorf(codes.InvalidArgument, "declared keys of %d bytes exceed the per-session limit of %d bytes", h.EvaluationKeyBytes+h.PublicKeyBytes, caps.MaxKeyBytes)
+	case l.bootstrap() && h.BootstrapKeyBytes == 0:
+		return pb.Errorf(codes.InvalidArgument, "model %q runs in bootstrap mode: the session needs bootstrapping keys (declared bootstrapping-key size is 0)", l.info.Name)
+	case !l.bootstrap() && h.BootstrapKeyBytes != 0:
+		return pb.Errorf(codes.InvalidArgument, "model %q runs in interactive mode: no bootstrapping keys (%d bytes declared)", l.info.Name, h.BootstrapKeyBytes)
+	case h.EvaluationKeyBytes > uint64(caps.MaxKeyBytes) || h.BootstrapKeyBytes > uint64(caps.MaxKeyBytes) ||
+		h.EvaluationKeyBytes+h.PublicKeyBytes+h.BootstrapKeyBytes > uint64(caps.MaxKeyBytes):
+		return pb.Errorf(codes.InvalidArgument, "declared keys of %d bytes (evaluation %d, public %d, bootstrapping %d) exceed the per-session limit of %d bytes",
+			h.EvaluationKeyBytes+h.PublicKeyBytes+h.BootstrapKeyBytes, h.EvaluationKeyBytes, h.PublicKeyBytes, h.BootstrapKeyBytes, caps.MaxKeyBytes)
 	}
-	declared := int64(h.EvaluationKeyBytes + h.PublicKeyBytes)
+	declared := int64(h.EvaluationKeyBytes + h.PublicKeyBytes + h.BootstrapKeyBytes)
 	// Reserve a session slot and the declared key memory.
 	s.mu.Lock()
 	if len(s.sessions)+s.pending >= caps.MaxSessions {
@@ -364,7 +400,7 @@ func (s *Server) CreateSession(stream pb.Entropi_CreateSessionServer) (err error
 
 	// The buffers grow with the bytes that arrive, not with the declared
 	// sizes: a header alone (declaring up to the cap) costs nothing.
-	var evk, pkb []byte
+	var evk, pkb, bkb []byte
 	for {
 		m, err := recvTimeout(stream.Recv, s.cfg.IdleTimeout)
 		if err == io.EOF {
@@ -396,7 +432,18 @@ func (s *Server) CreateSession(stream pb.Entropi_CreateSessionServer) (err error
 			if uint64(len(evk)) != h.EvaluationKeyBytes {
 				return pb.Errorf(codes.InvalidArgument, "public-key chunk before the evaluation keys are complete (%d of %d bytes)", len(evk), h.EvaluationKeyBytes)
 			}
+			if len(bkb) > 0 {
+				return pb.Errorf(codes.InvalidArgument, "public-key chunk after the bootstrapping keys started")
+			}
 			buf, total = &pkb, h.PublicKeyBytes
+		case pb.KeyKind_KEY_KIND_BOOTSTRAP:
+			if !l.bootstrap() {
+				return pb.Errorf(codes.InvalidArgument, "bootstrapping-key chunk for model %q, which runs in interactive mode", l.info.Name)
+			}
+			if uint64(len(pkb)) != h.PublicKeyBytes {
+				return pb.Errorf(codes.InvalidArgument, "bootstrapping-key chunk before the public key is complete (%d of %d bytes)", len(pkb), h.PublicKeyBytes)
+			}
+			buf, total = &bkb, h.BootstrapKeyBytes
 		default:
 			return pb.Errorf(codes.InvalidArgument, "key chunk of unknown kind %v", c.Kind)
 		}
@@ -407,10 +454,17 @@ func (s *Server) CreateSession(stream pb.Entropi_CreateSessionServer) (err error
 			return pb.Errorf(codes.InvalidArgument, "%v chunk ends at %d, past the declared %d bytes", c.Kind, c.Offset+uint64(len(c.Data)), total)
 		}
 		*buf = appendChunk(*buf, c.Data, total)
+		// Bootstrapping keys for other parameters are refused as soon as
+		// their header is in, not after the rest (hundreds of MB) arrived.
+		if c.Kind == pb.KeyKind_KEY_KIND_BOOTSTRAP && len(bkb) >= pb.BootstrapKeyHeaderBytes && int(c.Offset) < pb.BootstrapKeyHeaderBytes {
+			if err := pb.CheckBootstrapKeyHeader(*l.btp, bkb[:pb.BootstrapKeyHeaderBytes]); err != nil {
+				return err
+			}
+		}
 	}
-	if uint64(len(evk)) != h.EvaluationKeyBytes || uint64(len(pkb)) != h.PublicKeyBytes {
-		return pb.Errorf(codes.InvalidArgument, "upload ended early: %d of %d evaluation-key bytes, %d of %d public-key bytes",
-			len(evk), h.EvaluationKeyBytes, len(pkb), h.PublicKeyBytes)
+	if uint64(len(evk)) != h.EvaluationKeyBytes || uint64(len(pkb)) != h.PublicKeyBytes || uint64(len(bkb)) != h.BootstrapKeyBytes {
+		return pb.Errorf(codes.InvalidArgument, "upload ended early: %d of %d evaluation-key bytes, %d of %d public-key bytes, %d of %d bootstrapping-key bytes",
+			len(evk), h.EvaluationKeyBytes, len(pkb), h.PublicKeyBytes, len(bkb), h.BootstrapKeyBytes)
 	}
 	ek, err := pb.ParseEvaluationKeys(l.params, evk, caps.MaxKeyBytes)
 	if err != nil {
@@ -424,27 +478,45 @@ func (s *Server) CreateSession(stream pb.Entropi_CreateSessionServer) (err error
 	if err != nil {
 		return err
 	}
+	pkb = nil
+	// Bootstrapping keys: size, header, every length prefix and the
+	// structure of every key are checked (protocol.ParseBootstrapKeys)
+	// before and while Lattigo parses them; they arrive expanded.
+	var boot *bootstrapping.EvaluationKeys
+	var bootBytes int64
+	if l.bootstrap() {
+		if boot, err = pb.ParseBootstrapKeys(*l.btp, bkb, caps.MaxKeyBytes); err != nil {
+			return err
+		}
+		bkb = nil
+		bootBytes = int64(boot.BinarySize())
+	}
 	// Seeded keys are expanded once here; the memory charged is what the
 	// session holds. Their expanded size is known before expanding: refuse
 	// keys whose expansion would not fit before allocating it.
-	if want := expandedBytes(ek) + int64(pk.BinarySize()); want > caps.MaxKeyBytes || s.wouldExceed(reserved, want) {
+	if want := expandedBytes(ek) + int64(pk.BinarySize()) + bootBytes; want > caps.MaxKeyBytes || s.wouldExceed(reserved, want) {
 		return pb.Errorf(codes.ResourceExhausted, "expanded keys of %d bytes would exceed the key memory limit of %d bytes (%d held by other sessions)",
 			want, caps.MaxKeyBytes, s.KeyBytes()-reserved)
 	}
 	if err := ek.Expand(l.params); err != nil {
 		return pb.Errorf(codes.InvalidArgument, "evaluation keys: %v", err)
 	}
-	keys := &Keys{Evaluation: ek, Public: pk}
+	keys := &Keys{Evaluation: ek, Public: pk, Bootstrap: boot}
 	if err := checkPublicOnly(keys); err != nil {
 		return pb.Errorf(codes.Internal, "%v", err)
 	}
-	// The model checks that its plan runs with these keys.
-	if _, err := l.m.NewSession(keys, func(context.Context, *he.RefreshRequest) (*he.RefreshResponse, error) {
-		return nil, errors.New("key check only")
-	}); err != nil {
+	// The model checks that its plan runs with these keys (in bootstrap
+	// mode it gets no refresh callback: it bootstraps).
+	var check RefreshFunc
+	if !l.bootstrap() {
+		check = func(context.Context, *he.RefreshRequest) (*he.RefreshResponse, error) {
+			return nil, errors.New("key check only")
+		}
+	}
+	if _, err := l.m.NewSession(keys, check); err != nil {
 		return pb.Errorf(codes.InvalidArgument, "keys rejected by the model: %v", err)
 	}
-	held := int64(ek.BinarySize() + pk.BinarySize())
+	held := int64(ek.BinarySize()+pk.BinarySize()) + bootBytes
 
 	id, err := newID()
 	if err != nil {
@@ -473,7 +545,7 @@ func (s *Server) CreateSession(stream pb.Entropi_CreateSessionServer) (err error
 	}
 	tr := meter.Snapshot()
 	s.log.Info("session created", "session", id, "model", l.info.Name, "preset", l.info.Preset.Name,
-		"upload_bytes", tr.Bytes(pb.PhaseSetup, pb.Up), "key_bytes_held", held, "galois_keys", len(ek.GaloisElements()),
+		"upload_bytes", tr.Bytes(pb.PhaseSetup, pb.Up), "key_bytes_held", held, "bootstrap_key_bytes", bootBytes, "galois_keys", len(ek.GaloisElements()),
 		"seconds", time.Since(t0).Seconds())
 	return nil
 }
@@ -530,10 +602,23 @@ func (s *Server) wouldExceed(reserved, want int64) bool {
 }
 
 // checkPublicOnly verifies, by type, that a key set holds only public
-// material: a relinearization key, Galois keys and a public key.
+// material: a relinearization key, Galois keys and a public key, and in
+// bootstrap mode Lattigo's bootstrapping evaluation keys (evaluation keys
+// and a key set of the same kinds, under the bootstrapping parameters).
 func checkPublicOnly(k *Keys) error {
 	if k.Evaluation == nil || k.Evaluation.Set == nil || k.Public == nil {
 		return errors.New("incomplete key set")
+	}
+	if b := k.Bootstrap; b != nil {
+		var _ *rlwe.EvaluationKey = b.EvkDenseToSparse // every field is an *rlwe.EvaluationKey or the key set below
+		if b.MemEvaluationKeySet == nil {
+			return errors.New("bootstrapping keys without their key set")
+		}
+		for g, gk := range b.GaloisKeys {
+			if gk == nil || gk.GaloisElement != g {
+				return fmt.Errorf("bootstrapping Galois key %d malformed", g)
+			}
+		}
 	}
 	var _ *rlwe.MemEvaluationKeySet = k.Evaluation.Set // holds *RelinearizationKey and map[uint64]*GaloisKey only
 	for g, gk := range k.Evaluation.Set.GaloisKeys {
