@@ -18,6 +18,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/tuneinsight/lattigo/v6/circuits/ckks/bootstrapping"
 	"github.com/tuneinsight/lattigo/v6/core/rlwe"
 
 	"github.com/entropi-ai/entropi/approx"
@@ -41,9 +42,14 @@ const (
 	ModeBootstrap   = "bootstrap"   // non-interactive bootstrapping
 )
 
-// BootstrapMemoryGiB is the available memory a bootstrapped run needs
-// (design card: ~17 GB resident and 7.5 GiB of keys at N=2^16).
+// BootstrapMemoryGiB is the available memory a bootstrapped run at
+// N=2^16 needs (design card: ~17 GB resident per bootstrap and ~7.3 GiB of
+// bootstrapping keys); smaller (insecure test) rings are not held to it.
 const BootstrapMemoryGiB = 24
+
+// BootstrapMemoryLogN is the smallest ring degree (log2) whose
+// bootstrapped runs are held to BootstrapMemoryGiB.
+const BootstrapMemoryLogN = 16
 
 // MinBuildMemoryGiB is the available memory below which a (model, preset)
 // is skipped instead of built.
@@ -172,13 +178,14 @@ func Measure(ctx context.Context, cfg Config) (*Results, error) {
 				switch mode {
 				case ModeInteractive:
 				case ModeBootstrap:
-					_, avail := MemInfo()
-					if avail < BootstrapMemoryGiB {
-						skip(fmt.Sprintf("bootstrapping needs about %d GiB of available memory (N=2^16 keys ~7.5 GiB, ~17 GB resident); this machine has %.1f GiB available", BootstrapMemoryGiB, avail), 0)
-					} else {
-						skip("the engine has no bootstrapped refresh mode yet (he.Bootstrapper exists, but engine.Session always uses the masked refresher; it needs an engine option to plug in a he.Refresher)", 0)
+					if preset.Secret != he.SecretSparse {
+						skip(fmt.Sprintf("preset %s is not a bootstrapping preset (bootstrap mode needs a sparse secret: n16-boot-128, or insecure-boot-deep for tests)", preset.Name), 0)
+						continue
 					}
-					continue
+					if _, avail := MemInfo(); preset.LogN >= BootstrapMemoryLogN && avail < BootstrapMemoryGiB {
+						skip(fmt.Sprintf("bootstrapping at N=2^%d needs about %d GiB of available memory (bootstrapping keys ~7.3 GiB, ~17 GB resident per bootstrap); this machine has %.1f GiB available", preset.LogN, BootstrapMemoryGiB, avail), 0)
+						continue
+					}
 				default:
 					return nil, fmt.Errorf("bench: unknown mode %q", mode)
 				}
@@ -245,7 +252,8 @@ func runModel(ctx context.Context, cfg *Config, m *ModelSpec, preset he.Preset, 
 	// As the server builds it: approximations deeper than the preset's
 	// levels between refreshes are refitted (notes say how); accuracy is
 	// then measured against the plaintext model with the refitted set.
-	eng, fit, notes, err := server.NewEngine(m.Weights, m.Approx, server.LoadOptions{Preset: preset, AllowInsecure: cfg.AllowInsecure, Workers: cfg.Workers})
+	eng, fit, notes, err := server.NewEngine(m.Weights, m.Approx, server.LoadOptions{Preset: preset, AllowInsecure: cfg.AllowInsecure, Workers: cfg.Workers,
+		Refresh: engine.RefreshMode(mode)})
 	if err != nil {
 		skip(fmt.Sprintf("the engine refuses this model at this preset: %v", err), 0)
 		return nil, skips, nil
@@ -258,7 +266,11 @@ func runModel(ctx context.Context, cfg *Config, m *ModelSpec, preset he.Preset, 
 	m = &mf
 	build := time.Since(t0).Seconds()
 	plan := summarizePlan(eng.Plan())
-	cfg.logf("  built in %.1fs: %d refresh rounds, %d key-switches per token", build, plan.RefreshRounds, plan.KeySwitches)
+	if plan.Bootstraps > 0 {
+		cfg.logf("  built in %.1fs: %d bootstraps (no client rounds), %d key-switches per token", build, plan.Bootstraps, plan.KeySwitches)
+	} else {
+		cfg.logf("  built in %.1fs: %d refresh rounds, %d key-switches per token", build, plan.RefreshRounds, plan.KeySwitches)
+	}
 	sm, err := server.EngineModel(m.Name, eng, m.Tokenizer)
 	if err != nil {
 		return nil, skips, err
@@ -315,6 +327,9 @@ func runModel(ctx context.Context, cfg *Config, m *ModelSpec, preset he.Preset, 
 func summarizePlan(p *engine.Plan) PlanSummary {
 	s := PlanSummary{RefreshRounds: p.Refreshes, RefreshCts: p.RefreshCts, KeySwitches: p.KeySwitches, CtCt: p.CtCt,
 		RotationKeys: p.Rotations, KeySwitchesByKind: map[string]int{}}
+	if p.Mode == engine.RefreshBootstrap {
+		s.RefreshRounds, s.Bootstraps = 0, p.RefreshCts // the server bootstraps: no client round
+	}
 	for _, o := range p.Ops {
 		s.KeySwitchesByKind[o.Kind] += o.KeySwitches
 	}
@@ -370,8 +385,14 @@ func runContext(ctx context.Context, cfg *Config, m *ModelSpec, eng *engine.Engi
 	r.Setup.Seconds, r.Setup.BytesUp, r.Setup.BytesDown = st.Setup.Seconds, st.Setup.BytesUp, st.Setup.BytesDown
 	r.Setup.KeyBytesUp, _ = st.Traffic.Kind(pb.PhaseSetup, pb.KindKeys)
 	pre, _ := es.Phase("prefill")
+	boot := mode == ModeBootstrap
 	r.Prefill = Prefill{Seconds: st.Prefill.Seconds, ServerSeconds: st.ServerPrefillSeconds, CPUSeconds: steps[0].cpu,
 		BytesUp: st.Prefill.BytesUp, BytesDown: st.Prefill.BytesDown, RefreshRounds: pre.Refreshes}
+	if boot {
+		// The engine's refresh points are bootstraps on the server; the
+		// client rounds are the answers it gave (0).
+		r.Prefill.RefreshRounds, r.Prefill.Bootstraps = steps[0].crypto.answers, pre.RefreshCts
+	}
 
 	decodeStats := map[int]*engine.TokenStats{}
 	for i := range es.Tokens {
@@ -389,6 +410,9 @@ func runContext(ctx context.Context, cfg *Config, m *ModelSpec, eng *engine.Engi
 		if ts != nil {
 			tr.ServerSeconds = ts.Time.Seconds()
 			tr.RefreshRounds, tr.RefreshCts, tr.KeySwitches = ts.Refreshes, ts.RefreshCts, ts.KeySwitches
+			if boot {
+				tr.RefreshRounds, tr.Bootstraps = s.crypto.answers, ts.RefreshCts
+			}
 			for k, v := range ts.ByKind {
 				tr.EngineByKind[k] = v.Seconds()
 			}
@@ -479,8 +503,9 @@ func summarizeDecode(ts []TokenRun) Decode {
 	}
 	var lat, cpu []float64
 	var up, down []uint64
-	rounds := 0.0
+	rounds, boots := 0.0, 0.0
 	for _, t := range ts {
+		boots += float64(t.Bootstraps)
 		lat = append(lat, t.Seconds)
 		cpu = append(cpu, t.CPUSeconds)
 		up = append(up, t.BytesUp)
@@ -497,6 +522,7 @@ func summarizeDecode(ts []TokenRun) Decode {
 	d.CPUSeconds = median(cpu)
 	d.BytesUp, d.BytesDown = medianU(up), medianU(down)
 	d.RefreshRounds = rounds / float64(len(ts))
+	d.Bootstraps = boots / float64(len(ts))
 	d.RoundTrips = d.RefreshRounds + 1
 	return d
 }
@@ -691,10 +717,13 @@ func (tc *timedCrypto) build(info *client.ModelInfo, allowInsecure bool) (client
 }
 
 type timedClient struct {
-	c  *engine.Client
-	tc *timedCrypto
+	c    *engine.Client
+	tc   *timedCrypto
+	boot *bootstrapping.EvaluationKeys // generated by Keys in bootstrap mode, until uploaded
 }
 
+// Keys generates all the session's keys (in bootstrap mode the
+// bootstrapping keys too: keygen times them all).
 func (t *timedClient) Keys() (*he.EvaluationKeys, *rlwe.PublicKey, error) {
 	t0 := time.Now()
 	k, err := t.c.Keys()
@@ -702,7 +731,19 @@ func (t *timedClient) Keys() (*he.EvaluationKeys, *rlwe.PublicKey, error) {
 	if err != nil {
 		return nil, nil, err
 	}
+	t.tc.add(func(*cryptoTimes) { t.boot = k.Bootstrap })
 	return k.Evaluation, k.Public, nil
+}
+
+// BootstrapKeys hands over the bootstrapping keys Keys generated
+// (client.BootstrapCrypto).
+func (t *timedClient) BootstrapKeys() (*bootstrapping.EvaluationKeys, error) {
+	var b *bootstrapping.EvaluationKeys
+	t.tc.add(func(*cryptoTimes) { b, t.boot = t.boot, nil })
+	if b == nil {
+		return nil, errors.New("bench: no bootstrapping keys (the model's spec is not in bootstrap mode, or Keys was not called)")
+	}
+	return b, nil
 }
 
 func (t *timedClient) EncryptToken(token, pos int) (*rlwe.Ciphertext, error) {

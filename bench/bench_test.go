@@ -187,6 +187,59 @@ func TestMeasureSkipsFailingModel(t *testing.T) {
 	require.ErrorContains(t, err, "canceled")
 }
 
+// TestMeasureBootstrapInsecure runs the bootstrapped mode end to end over
+// loopback gRPC at insecure-boot-deep (N=2^12, NO SECURITY: tests only)
+// with the smallest entropy-guided model (vocab 32, context 8, d 16, one
+// layer), a 2-token prompt and one decode token: a Run with Mode
+// "bootstrap", no client refresh round, the planned bootstraps made in the
+// decode token, tokens agreeing with the approximation backend. The
+// interactive-only preset given alongside is skipped with the reason.
+func TestMeasureBootstrapInsecure(t *testing.T) {
+	if testing.Short() {
+		t.Skip("bootstrapped decoder over gRPC: about a minute")
+	}
+	m, err := RandomModel(KindEntropyGuided, 32, 8, 16, 1, 2, 1)
+	require.NoError(t, err)
+	var log bytes.Buffer
+	cfg := Config{Models: []*ModelSpec{m}, Presets: []he.Preset{he.InsecureTest, he.InsecureBootDeep}, AllowInsecure: true,
+		Modes: []string{ModeBootstrap}, Contexts: []int{3}, DecodeTokens: 1, Seed: 3, Workers: 2,
+		Calibrate: tinyCalibrate, Log: &log, Command: "test"}
+	res, err := Measure(context.Background(), cfg)
+	require.NoError(t, err, log.String())
+	t.Log(log.String())
+	require.Len(t, res.Skipped, 1, log.String())
+	sk := res.Skipped[0]
+	require.Equal(t, he.InsecureTest.Name, sk.Preset)
+	require.Equal(t, ModeBootstrap, sk.Mode)
+	require.Contains(t, sk.Reason, "not a bootstrapping preset")
+	require.Len(t, res.Runs, 1, log.String())
+	r := res.Runs[0]
+	require.Equal(t, ModeBootstrap, r.Mode)
+	require.Equal(t, he.InsecureBootDeep.Name, r.Preset)
+	require.Equal(t, 1, r.DecodeTokens)
+	require.Len(t, r.Tokens, 1)
+	// The plan bootstraps; no client round anywhere.
+	require.Zero(t, r.Plan.RefreshRounds)
+	require.Positive(t, r.Plan.Bootstraps)
+	require.Equal(t, r.Plan.RefreshCts, r.Plan.Bootstraps)
+	require.Zero(t, r.Prefill.RefreshRounds)
+	require.Positive(t, r.Prefill.Bootstraps)
+	tk := r.Tokens[0]
+	require.Zero(t, tk.RefreshRounds)
+	require.Zero(t, tk.RefreshAnswers)
+	require.Equal(t, r.Plan.Bootstraps, tk.Bootstraps)
+	require.Zero(t, r.Decode.RefreshRounds)
+	require.Equal(t, 1.0, r.Decode.RoundTrips)
+	require.Equal(t, float64(r.Plan.Bootstraps), r.Decode.Bootstraps)
+	// The bootstrapping keys went up with the session.
+	require.Greater(t, r.Setup.KeyBytesUp, uint64(100<<20))
+	// The same polynomials as the approximation backend.
+	require.Equal(t, r.Accuracy.Tokens, r.Accuracy.AgreeApprox)
+	var buf bytes.Buffer
+	require.NoError(t, res.WriteMarkdown(&buf))
+	require.Contains(t, buf.String(), "bootstraps")
+}
+
 func TestInsecurePresetRefused(t *testing.T) {
 	_, err := Measure(context.Background(), Config{Models: tinyModels(t), Presets: []he.Preset{he.InsecureTest}, Contexts: []int{4}, DecodeTokens: 1})
 	require.ErrorContains(t, err, "insecure")

@@ -29,9 +29,11 @@
 // Results are written as results.json (Schema), markdown (WriteMarkdown)
 // and PNG charts drawn with gonum/plot (WriteCharts).
 //
-// The bootstrapped mode is recorded as skipped: he.Bootstrapper exists, but
-// the engine's sessions always refresh interactively (no option to plug in
-// another he.Refresher yet).
+// The bootstrapped mode (ModeBootstrap) runs over the same loopback gRPC
+// path at bootstrapping presets (the engine in bootstrap mode; the client
+// uploads bootstrapping keys and answers no round) and records bootstraps
+// per token; at other presets, and at N=2^16 without BootstrapMemoryGiB
+// available, it is recorded as skipped with the reason.
 //
 // Imports: engine, server, client, protocol, he, model, approx (everything
 // below cmd/); nothing but cmd/entropi imports bench.

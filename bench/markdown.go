@@ -158,11 +158,16 @@ func (r *Results) WriteMarkdown(w io.Writer) error {
 	seen := map[string]bool{}
 	for i := range r.Runs {
 		x := &r.Runs[i]
-		key := x.Model + "/" + x.Preset
+		key := x.Model + "/" + x.Preset + "/" + x.Mode
 		if seen[key] {
 			continue
 		}
 		seen[key] = true
+		if x.Mode == ModeBootstrap {
+			p("| %s | %s | %s | %s | %s, bootstrap mode: %d bootstraps on the server (no client round), %d key-switches, %d ct×ct, %d rotation keys |\n", x.Model, x.Kind, x.Source, x.ModelConfig,
+				x.Preset, x.Plan.Bootstraps, x.Plan.KeySwitches, x.Plan.CtCt, x.Plan.RotationKeys)
+			continue
+		}
 		p("| %s | %s | %s | %s | %s: %d refresh rounds (%d ciphertexts), %d key-switches, %d ct×ct, %d rotation keys |\n", x.Model, x.Kind, x.Source, x.ModelConfig,
 			x.Preset, x.Plan.RefreshRounds, x.Plan.RefreshCts, x.Plan.KeySwitches, x.Plan.CtCt, x.Plan.RotationKeys)
 	}

@@ -87,8 +87,13 @@ type Run struct {
 
 // PlanSummary is the engine's static plan of one decode step.
 type PlanSummary struct {
+	// RefreshRounds are client round trips (0 in bootstrap mode);
+	// RefreshCts the ciphertexts refreshed, and in bootstrap mode
+	// Bootstraps the same count (one bootstrap per ciphertext, on the
+	// server).
 	RefreshRounds int `json:"refresh_rounds"`
 	RefreshCts    int `json:"refresh_ciphertexts"`
+	Bootstraps    int `json:"bootstraps,omitempty"`
 	KeySwitches   int `json:"key_switches"`
 	CtCt          int `json:"ct_ct"`
 	RotationKeys  int `json:"rotation_keys"`
@@ -116,6 +121,7 @@ type Prefill struct {
 	BytesUp       uint64  `json:"bytes_up"`
 	BytesDown     uint64  `json:"bytes_down"`
 	RefreshRounds int     `json:"refresh_rounds"`
+	Bootstraps    int     `json:"bootstraps,omitempty"` // bootstrap mode: server bootstraps of the prompt
 }
 
 // Decode summarizes the decode steps.
@@ -136,6 +142,8 @@ type Decode struct {
 	BytesDown     uint64  `json:"bytes_down"`
 	RefreshRounds float64 `json:"refresh_rounds"`
 	RoundTrips    float64 `json:"round_trips"`
+	// Bootstraps per token (mean; bootstrap mode, where RefreshRounds is 0).
+	Bootstraps float64 `json:"bootstraps,omitempty"`
 	// Breakdown: mean seconds per token by category (see Categories).
 	Breakdown map[string]float64 `json:"breakdown_seconds"`
 	// EngineByKind: mean seconds per token by the engine's own kinds, as
@@ -154,6 +162,7 @@ type TokenRun struct {
 	BytesDown      uint64             `json:"bytes_down"`
 	RefreshRounds  int                `json:"refresh_rounds"`
 	RefreshCts     int                `json:"refresh_ciphertexts"`
+	Bootstraps     int                `json:"bootstraps,omitempty"` // bootstrap mode: the server's bootstraps of this token
 	KeySwitches    int64              `json:"key_switches"`
 	Breakdown      map[string]float64 `json:"breakdown_seconds"`
 	EngineByKind   map[string]float64 `json:"engine_by_kind_seconds"`
