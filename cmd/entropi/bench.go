@@ -60,6 +60,7 @@ type benchSummRun struct {
 	BytesUp         uint64             `json:"bytes_up_per_token"`
 	BytesDown       uint64             `json:"bytes_down_per_token"`
 	RoundTrips      float64            `json:"round_trips_per_token"`
+	Bootstraps      float64            `json:"bootstraps_per_token,omitempty"`
 	Projected       map[string]float64 `json:"projected_seconds_per_token"`
 	AgreeExact      string             `json:"agree_exact"`
 	MaxLogitErr     float64            `json:"max_logit_err_approx"`
@@ -107,7 +108,7 @@ flags:
 	allowInsecure := fl.Bool("allow-insecure-presets", false, "allow insecure-… presets (NO SECURITY: tests and quick looks only)")
 	contexts := fl.String("contexts", "16,32,64,128", "context lengths (prompt + decode tokens), comma-separated")
 	decode := fl.Int("decode", 3, "decode tokens per run (the median needs ≥ 3)")
-	bootstrap := fl.Bool("bootstrap", false, "also the bootstrapped (non-interactive) mode, when memory allows")
+	bootstrap := fl.Bool("bootstrap", false, "also the bootstrapped (non-interactive) mode, at the bootstrapping presets of --presets (n16-boot-128 when ≥ 24 GiB are available; insecure-boot-deep with --allow-insecure-presets for a quick look); other presets are skipped with the reason")
 	quick := fl.Bool("quick", false, "reduced matrix: n14-128, context 8, 3 decode tokens, both block types (random weights of the shipped size stand in for one without a checkpoint)")
 	jsonOut := fl.Bool("json", false, "print a JSON summary on stdout (progress still goes to stderr)")
 	out := fl.String("out", filepath.Join("bench", "results", "latest"), "directory for results.json, results.md and the charts")
@@ -308,7 +309,7 @@ func summarize(res *bench.Results, out string) benchSummary {
 		sr := benchSummRun{Model: r.Model, Kind: r.Kind, Preset: r.Preset, Mode: r.Mode, Context: r.Context,
 			SecondsPerToken: r.Decode.MedianSeconds, CPUPerToken: r.Decode.CPUSeconds,
 			BytesPerToken: r.Decode.BytesUp + r.Decode.BytesDown, BytesUp: r.Decode.BytesUp, BytesDown: r.Decode.BytesDown,
-			RoundTrips: r.Decode.RoundTrips, Projected: map[string]float64{},
+			RoundTrips: r.Decode.RoundTrips, Bootstraps: r.Decode.Bootstraps, Projected: map[string]float64{},
 			AgreeExact: fmt.Sprintf("%d/%d", r.Accuracy.AgreeExact, r.Accuracy.Tokens), MaxLogitErr: r.Accuracy.MaxLogitErrApprox}
 		for _, p := range r.Project {
 			sr.Projected[p.Network] = p.TokenSeconds

@@ -101,8 +101,12 @@ flags:
 		fmt.Fprintf(stderr, "prompt of %d tokens cut to its last %d (the context)\n", len(ids), mi.Config.Context)
 		ids = ids[len(ids)-mi.Config.Context:]
 	}
-	fmt.Fprintf(stderr, "model %s, preset %s (%d-bit), %d prompt tokens; generating keys and uploading them…\n",
-		mi.Name, mi.Preset.Name, mi.Preset.SecurityBits, len(ids))
+	mode := "interactive refresh"
+	if mi.Bootstrap {
+		mode = "bootstrap mode: bootstrapping keys go up with the others, no refresh rounds"
+	}
+	fmt.Fprintf(stderr, "model %s, preset %s (%d-bit), %s, %d prompt tokens; generating keys and uploading them…\n",
+		mi.Name, mi.Preset.Name, mi.Preset.SecurityBits, mode, len(ids))
 	sess, err := c.NewSession(ctx, mi.Name)
 	if err != nil {
 		return err

@@ -16,6 +16,7 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials"
 
+	"github.com/entropi-ai/entropi/engine"
 	"github.com/entropi-ai/entropi/he"
 	pb "github.com/entropi-ai/entropi/protocol"
 	"github.com/entropi-ai/entropi/server"
@@ -53,7 +54,7 @@ flags:
 	addr := fl.String("addr", "127.0.0.1:7300", "listen address")
 	certFile := fl.String("tls-cert", "", "TLS certificate (PEM); with --tls-key enables TLS")
 	keyFile := fl.String("tls-key", "", "TLS private key (PEM)")
-	presetName := fl.String("preset", "auto", "CKKS preset: auto (n14-128 if the model's approximations fit its levels, else n15-128) | n14-128 | n15-128 (insecure-… presets need --allow-insecure-presets)")
+	presetName := fl.String("preset", "auto", "CKKS preset: auto (n14-128 if the model's approximations fit its levels, else n15-128) | n14-128 | n15-128 | n16-boot-128 (bootstrapping, with --refresh bootstrap) (insecure-… presets need --allow-insecure-presets)")
 	allowInsecure := fl.Bool("allow-insecure-presets", false, "serve insecure test presets (NO SECURITY: tests only)")
 	clientEmb := fl.Bool("client-side-embedding", false, "let clients look up embeddings (faster; reveals the embedding table)")
 	maxSessions := fl.Int("max-sessions", caps.MaxSessions, "concurrent sessions")
@@ -64,6 +65,7 @@ flags:
 	maxAge := fl.Duration("session-max-age", 24*time.Hour, "drop sessions this old, busy or not (a running generation ends with DeadlineExceeded)")
 	grace := fl.Duration("grace", 30*time.Second, "on shutdown, time running generations get to finish")
 	workers := fl.Int("workers", 0, "goroutines per session (0: all CPUs)")
+	refresh := fl.String("refresh", "interactive", "refresh mode: interactive (client-aided refresh rounds) | bootstrap (the server bootstraps, clients upload bootstrapping keys once and answer no rounds; needs --preset n16-boot-128, or insecure-boot-deep with --allow-insecure-presets for tests)")
 	logJSON := fl.Bool("log-json", false, "JSON logs")
 	if err := fl.Parse(args); err != nil {
 		return err
@@ -96,13 +98,20 @@ flags:
 	if preset.Insecure() && preset.Name != "" {
 		log.Warn("SERVING AN INSECURE PRESET: no security, tests only", "preset", preset.Name)
 	}
+	mode, err := engine.ParseRefreshMode(*refresh)
+	if err != nil {
+		return fmt.Errorf("--refresh: %w", err)
+	}
+	if err := server.CheckRefreshPreset(mode, preset); err != nil {
+		return fmt.Errorf("--refresh %s: %w", mode, err)
+	}
 	caps.MaxSessions, caps.MaxKeyBytes, caps.MaxNewTokens, caps.MaxMessageBytes = *maxSessions, *maxKeyBytes, *maxTokens, *maxMsg
 	if caps.MaxChunkBytes > caps.MaxMessageBytes-1024 {
 		caps.MaxChunkBytes = caps.MaxMessageBytes / 2
 	}
 	t0 := time.Now()
 	models, err := server.LoadModels(*dir, server.LoadOptions{Preset: preset, AllowInsecure: *allowInsecure,
-		ClientSideEmbedding: *clientEmb, Workers: *workers, Logger: log})
+		ClientSideEmbedding: *clientEmb, Workers: *workers, Logger: log, Refresh: mode})
 	if err != nil {
 		return err
 	}

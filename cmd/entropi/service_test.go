@@ -121,6 +121,29 @@ func TestServeRefusesInsecurePreset(t *testing.T) {
 	}
 }
 
+// --refresh: bootstrap mode needs an explicit bootstrapping preset, and
+// unknown modes are refused, before any model loads (insecure presets:
+// tests only).
+func TestServeRefreshFlag(t *testing.T) {
+	for _, c := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"--refresh", "sometimes"}, "unknown refresh mode"},
+		{[]string{"--refresh", "bootstrap"}, "explicit bootstrapping preset"},
+		{[]string{"--refresh", "bootstrap", "--preset", "insecure-test", "--allow-insecure-presets"}, "insecure-test is not one"},
+		{[]string{"--refresh", "bootstrap", "--preset", "n14-128"}, "n14-128 is not one"},
+		// A bootstrapping preset passes the check (then no checkpoints).
+		{[]string{"--refresh", "bootstrap", "--preset", "insecure-boot-deep", "--allow-insecure-presets"}, "no checkpoints"},
+	} {
+		var errb bytes.Buffer
+		err := serveMain(context.Background(), append([]string{"--models", t.TempDir()}, c.args...), &errb, nil)
+		if err == nil || !strings.Contains(err.Error(), c.want) {
+			t.Errorf("serve %v: %v, want an error containing %q", c.args, err, c.want)
+		}
+	}
+}
+
 func TestDemoJSON(t *testing.T) {
 	var out, errb bytes.Buffer
 	err := demoMain(context.Background(), []string{"--random", "--random-vocab", "32", "--random-context", "8", "--random-dim", "16",
