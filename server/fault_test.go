@@ -270,7 +270,10 @@ func drain(m *hookModel) {
 // A client that never answers a refresh round loses its session after the
 // idle timeout: DeadlineExceeded, keys freed, the handler gone.
 func TestRefreshNeverAnswered(t *testing.T) {
-	h := start(t, server.Config{IdleTimeout: 300 * time.Millisecond}, fakeModel(t))
+	// Long enough that a loaded machine's key upload and first round never
+	// sit idle this long (300 ms failed at load average 10), short enough
+	// for a unit test.
+	h := start(t, server.Config{IdleTimeout: 2 * time.Second}, fakeModel(t))
 	before := baseline(t, h)
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
