@@ -10,6 +10,7 @@ import (
 	"net"
 	"os"
 	"os/signal"
+	"path/filepath"
 	"syscall"
 	"time"
 
@@ -18,6 +19,7 @@ import (
 
 	"github.com/entropi-ai/entropi/engine"
 	"github.com/entropi-ai/entropi/he"
+	"github.com/entropi-ai/entropi/model"
 	pb "github.com/entropi-ai/entropi/protocol"
 	"github.com/entropi-ai/entropi/server"
 )
@@ -51,6 +53,8 @@ flags:
 	}
 	caps := pb.DefaultCaps()
 	dir := fl.String("models", "models", "directory of checkpoints (*.safetensors)")
+	var only stringList
+	fl.Var(&only, "model", "serve only this checkpoint of --models, by name without .safetensors (repeatable; default: all). The shipped baseline needs n15-128 under --preset auto (its GELU does not fit n14-128's levels), which takes more than 24 GB: serve it with --preset n14-128 (reduced GELU) or leave it out")
 	addr := fl.String("addr", "127.0.0.1:7300", "listen address")
 	certFile := fl.String("tls-cert", "", "TLS certificate (PEM); with --tls-key enables TLS")
 	keyFile := fl.String("tls-key", "", "TLS private key (PEM)")
@@ -110,10 +114,25 @@ flags:
 		caps.MaxChunkBytes = caps.MaxMessageBytes / 2
 	}
 	t0 := time.Now()
-	models, err := server.LoadModels(*dir, server.LoadOptions{Preset: preset, AllowInsecure: *allowInsecure,
-		ClientSideEmbedding: *clientEmb, Workers: *workers, Logger: log, Refresh: mode})
-	if err != nil {
-		return err
+	load := server.LoadOptions{Preset: preset, AllowInsecure: *allowInsecure,
+		ClientSideEmbedding: *clientEmb, Workers: *workers, Logger: log, Refresh: mode}
+	var models []server.Model
+	if len(only) == 0 {
+		if models, err = server.LoadModels(*dir, load); err != nil {
+			return err
+		}
+	}
+	for _, name := range only {
+		f := filepath.Join(*dir, name+".safetensors")
+		ck, err := model.Load(f)
+		if err != nil {
+			return fmt.Errorf("--model %s: %w (the names are the files of --models %s without .safetensors)", name, err, *dir)
+		}
+		m, err := server.CheckpointModel(name, ck, load)
+		if err != nil {
+			return fmt.Errorf("%s: %w", f, err)
+		}
+		models = append(models, m)
 	}
 	log.Info("engines built", "models", len(models), "seconds", time.Since(t0).Seconds())
 	srv, err := server.New(server.Config{Caps: caps, IdleTimeout: *idle, MaxSessionAge: *maxAge, AllowInsecure: *allowInsecure, Logger: log}, models...)

@@ -4,6 +4,8 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -20,13 +22,22 @@ import (
 func TestServeAndGenerate(t *testing.T) {
 	ck, _ := testCheckpoint(t)
 	dir := ck[:strings.LastIndex(ck, "/")]
+	name := strings.TrimSuffix(ck[strings.LastIndex(ck, "/")+1:], ".safetensors")
+	// A broken checkpoint next to it: --model serves only the one named.
+	if err := os.WriteFile(filepath.Join(dir, "broken.safetensors"), []byte("not a checkpoint"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	var errb0 bytes.Buffer
+	if err := serveMain(context.Background(), []string{"--models", dir, "--preset", "insecure-test", "--allow-insecure-presets", "--model", "nope"}, &errb0, nil); err == nil || !strings.Contains(err.Error(), "--model nope") {
+		t.Fatalf("serve --model nope: %v", err)
+	}
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	ready := make(chan string, 1)
 	served := make(chan error, 1)
 	var slog bytes.Buffer
 	go func() {
-		served <- serveMain(ctx, []string{"--models", dir, "--addr", "127.0.0.1:0", "--preset", "insecure-test",
+		served <- serveMain(ctx, []string{"--models", dir, "--model", name, "--addr", "127.0.0.1:0", "--preset", "insecure-test",
 			"--allow-insecure-presets", "--max-sessions", "2", "--session-idle-timeout", "1m", "--session-max-age", "2h"}, &slog, ready)
 	}()
 	var addr string
