@@ -7,7 +7,6 @@ import (
 	"image"
 	"image/png"
 	"math"
-	"math/rand/v2"
 	"os"
 	"path/filepath"
 	"strings"
@@ -15,9 +14,8 @@ import (
 
 	"github.com/stretchr/testify/require"
 
-	"github.com/entropi-ai/entropi/approx"
 	"github.com/entropi-ai/entropi/he"
-	"github.com/entropi-ai/entropi/model"
+	"github.com/entropi-ai/entropi/server/servertest"
 )
 
 // The end-to-end test uses the insecure preset he.InsecureTest (N=2^12, no
@@ -25,22 +23,7 @@ import (
 
 // tinyCalibrate calibrates with widened ranges (random models reach softmax
 // denominators beyond a small calibration sample), as the engine's tests do.
-func tinyCalibrate(w *model.Weights) (*approx.Set, error) {
-	cfg := w.Config
-	r := rand.New(rand.NewPCG(2, 7))
-	seqs := make([][]int, 16)
-	for i := range seqs {
-		seqs[i] = make([]int, cfg.Context)
-		for j := range seqs[i] {
-			seqs[i][j] = r.IntN(cfg.Vocab)
-		}
-	}
-	cal, err := model.Calibrate(w, seqs, model.CalibrateOptions{RatioMargin: 4, RecipTol: 1e-3, InvSqrtTol: 1e-3})
-	if err != nil {
-		return nil, err
-	}
-	return cal.Set, nil
-}
+var tinyCalibrate = servertest.CalibrateWide
 
 func tinyModels(t *testing.T) []*ModelSpec {
 	var ms []*ModelSpec

@@ -4,7 +4,6 @@ import (
 	"context"
 	"encoding/binary"
 	"encoding/json"
-	"math/rand/v2"
 	"strings"
 	"testing"
 	"time"
@@ -21,25 +20,16 @@ import (
 	"github.com/entropi-ai/entropi/server/servertest"
 )
 
-// bootCalibrate calibrates the tiny model with widened ranges (as the
-// engine's and the bench's tests do): every bootstrap divides by a bound
-// taken from these ranges, so a random model must stay inside them.
+// bootCalibrate calibrates the tiny model with widened ranges: every
+// bootstrap divides by a bound taken from these ranges, so a random model
+// must stay inside them.
 func bootCalibrate(t *testing.T, w *model.Weights) *approx.Set {
 	t.Helper()
-	cfg := w.Config
-	r := rand.New(rand.NewPCG(2, 7))
-	seqs := make([][]int, 16)
-	for i := range seqs {
-		seqs[i] = make([]int, cfg.Context)
-		for j := range seqs[i] {
-			seqs[i][j] = r.IntN(cfg.Vocab)
-		}
-	}
-	cal, err := model.Calibrate(w, seqs, model.CalibrateOptions{RatioMargin: 4, RecipTol: 1e-3, InvSqrtTol: 1e-3})
+	set, err := servertest.CalibrateWide(w)
 	if err != nil {
 		t.Fatal(err)
 	}
-	return cal.Set
+	return set
 }
 
 // TestBootstrapEndToEnd serves a tiny random entropy-guided model (vocab
