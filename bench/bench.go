@@ -178,8 +178,8 @@ func Measure(ctx context.Context, cfg Config) (*Results, error) {
 				switch mode {
 				case ModeInteractive:
 				case ModeBootstrap:
-					if preset.Secret != he.SecretSparse {
-						skip(fmt.Sprintf("preset %s is not a bootstrapping preset (bootstrap mode needs a sparse secret: n16-boot-128, or insecure-boot-deep for tests)", preset.Name), 0)
+					if err := server.CheckRefreshPreset(engine.RefreshBootstrap, preset); err != nil {
+						skip(fmt.Sprintf("preset %s is not a bootstrapping preset: %v", preset.Name, err), 0)
 						continue
 					}
 					if _, avail := MemInfo(); preset.LogN >= BootstrapMemoryLogN && avail < BootstrapMemoryGiB {

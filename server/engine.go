@@ -50,11 +50,9 @@ type engineModel struct {
 func (m *engineModel) Info() ModelInfo { return m.info }
 
 func (m *engineModel) NewSession(keys *Keys, refresh RefreshFunc) (ModelSession, error) {
-	var rf engine.RefreshFunc // nil in bootstrap mode: the server bootstraps
-	if m.e.Mode() != engine.RefreshBootstrap {
-		rf = engine.RefreshFunc(refresh)
-	}
-	s, err := m.e.NewSession(&engine.Keys{Evaluation: keys.Evaluation, Public: keys.Public, Bootstrap: keys.Bootstrap}, rf)
+	// In bootstrap mode the engine bootstraps and takes no callback (the
+	// server passes none).
+	s, err := m.e.NewSession(&engine.Keys{Evaluation: keys.Evaluation, Public: keys.Public, Bootstrap: keys.Bootstrap}, engine.RefreshFunc(refresh))
 	if err != nil {
 		return nil, err
 	}

@@ -214,11 +214,7 @@ func (s *Server) Generate(stream pb.Entropi_GenerateServer) (err error) {
 			"refresh_rounds", g.round, "seconds", time.Since(t0).Seconds())
 	}()
 
-	var refresh RefreshFunc = g.refresh
-	if l.bootstrap() {
-		refresh = nil // the model bootstraps: no client rounds
-	}
-	msess, err := l.m.NewSession(keys, refresh)
+	msess, err := l.m.NewSession(keys, l.refreshFor(g.refresh))
 	if err != nil {
 		return pb.Errorf(codes.Internal, "model session: %v", err)
 	}

@@ -78,6 +78,15 @@ type loaded struct {
 // bootstrap reports whether the model runs in bootstrap mode.
 func (l *loaded) bootstrap() bool { return l.btp != nil }
 
+// refreshFor is the refresh callback a model session gets: f, or none in
+// bootstrap mode (the model bootstraps; no client rounds).
+func (l *loaded) refreshFor(f RefreshFunc) RefreshFunc {
+	if l.bootstrap() {
+		return nil
+	}
+	return f
+}
+
 // refreshProto is the wire form of a refresh mode.
 func refreshProto(m engine.RefreshMode) pb.RefreshMode {
 	if m == engine.RefreshBootstrap {
@@ -507,12 +516,9 @@ func (s *Server) CreateSession(stream pb.Entropi_CreateSessionServer) (err error
 	}
 	// The model checks that its plan runs with these keys (in bootstrap
 	// mode it gets no refresh callback: it bootstraps).
-	var check RefreshFunc
-	if !l.bootstrap() {
-		check = func(context.Context, *he.RefreshRequest) (*he.RefreshResponse, error) {
-			return nil, errors.New("key check only")
-		}
-	}
+	check := l.refreshFor(func(context.Context, *he.RefreshRequest) (*he.RefreshResponse, error) {
+		return nil, errors.New("key check only")
+	})
 	if _, err := l.m.NewSession(keys, check); err != nil {
 		return pb.Errorf(codes.InvalidArgument, "keys rejected by the model: %v", err)
 	}
